@@ -1,0 +1,1 @@
+"""Rotations and SO(3) grids (no models, no I/O)."""

@@ -1,0 +1,1 @@
+"""Image-formation physics: pure, batched, differentiable tensor functions (no models, no I/O)."""

@@ -1,0 +1,82 @@
+"""Centred FFT / Hartley helpers on the true FFT grid (DESIGN §3).
+
+Conventions: box ``D`` is even; after ``fftshift`` the DC term sits at index ``D // 2``; the frequency of
+index ``j`` is ``(j - D/2) / (D * apix)`` Å⁻¹. Arrays are indexed ``(..., y, x)`` in 2D and ``(..., z, y, x)``
+in 3D; the real-space centre of a box is voxel ``D // 2`` on every axis (RELION's and mrcfile's convention).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def fft2_centered(images: Tensor) -> Tensor:
+    """Centred 2D DFT of real or complex ``(..., D, D)`` images; DC at ``[D//2, D//2]``."""
+    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(images, dim=(-2, -1))), dim=(-2, -1))
+
+
+def ifft2_centered(spectra: Tensor) -> Tensor:
+    """Inverse of :func:`fft2_centered` (complex ``(..., D, D)`` output; take ``.real`` for real images)."""
+    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(spectra, dim=(-2, -1))), dim=(-2, -1))
+
+
+def fft3_centered(volume: Tensor) -> Tensor:
+    """Centred 3D DFT of a ``(..., D, D, D)`` volume; DC at ``[D//2]*3``."""
+    dims = (-3, -2, -1)
+    return torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(volume, dim=dims), dim=dims), dim=dims)
+
+
+def ifft3_centered(spectrum: Tensor) -> Tensor:
+    """Inverse of :func:`fft3_centered` (complex output)."""
+    dims = (-3, -2, -1)
+    return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(spectrum, dim=dims), dim=dims), dim=dims)
+
+
+def fourier_to_hartley(spectrum: Tensor) -> Tensor:
+    """Hartley coefficients ``Re F - Im F`` of a centred spectrum of a real signal."""
+    return spectrum.real - spectrum.imag
+
+
+def hartley2_centered(images: Tensor) -> Tensor:
+    """Centred 2D Hartley transform of real ``(..., D, D)`` images."""
+    return fourier_to_hartley(fft2_centered(images))
+
+
+def ihartley2_centered(hartley: Tensor) -> Tensor:
+    """Inverse of :func:`hartley2_centered` (the Hartley transform is its own inverse up to 1/N)."""
+    d = hartley.shape[-1] * hartley.shape[-2]
+    return hartley2_centered(hartley) / d
+
+
+def hartley3_centered(volume: Tensor) -> Tensor:
+    """Centred 3D Hartley transform of a real ``(..., D, D, D)`` volume."""
+    return fourier_to_hartley(fft3_centered(volume))
+
+
+def ihartley3_centered(hartley: Tensor) -> Tensor:
+    """Inverse of :func:`hartley3_centered`."""
+    n = hartley.shape[-1] * hartley.shape[-2] * hartley.shape[-3]
+    return hartley3_centered(hartley) / n
+
+
+def fourier_crop2(images: Tensor, new_box: int) -> Tensor:
+    """Downsample real ``(..., D, D)`` images to ``(..., d, d)`` by cropping their centred spectrum.
+
+    The pixel size grows by ``D / d``; intensities are scaled so that pixel values (not sums) are preserved.
+    """
+    d_old = images.shape[-1]
+    if new_box == d_old:
+        return images
+    if new_box > d_old or new_box % 2:
+        raise ValueError(f"new box {new_box} must be even and <= {d_old}")
+    start = d_old // 2 - new_box // 2
+    spec = fft2_centered(images)[..., start : start + new_box, start : start + new_box]
+    return ifft2_centered(spec).real * (new_box / d_old) ** 2
+
+
+def frequency_grid_2d(box: int, pixel_size_A: float = 1.0, device=None, dtype=torch.float32) -> Tensor:
+    """Spatial frequencies ``(D, D, 2)`` as ``(kx, ky)`` in Å⁻¹ on the centred FFT grid."""
+    k = (torch.arange(box, device=device, dtype=dtype) - box // 2) / (box * pixel_size_A)
+    ky, kx = torch.meshgrid(k, k, indexing="ij")
+    return torch.stack([kx, ky], dim=-1)
