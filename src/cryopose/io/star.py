@@ -110,7 +110,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
     if optics is not None:
         groups = df["rlnOpticsGroup"].to_numpy(np.int64) if "rlnOpticsGroup" in df.columns else np.ones(n, int)
         optics = optics.set_index(optics["rlnOpticsGroup"].astype(np.int64))
-        missing = sorted(set(groups) - set(optics.index))
+        missing = sorted(int(g) for g in set(groups) - set(optics.index))
         if missing:
             raise InputError(path, f"particles refer to optics group(s) {missing} absent from the optics block")
         # Per-particle view of the optics columns (3.1) so that both versions are handled alike below.

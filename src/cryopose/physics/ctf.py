@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,7 +46,7 @@ class CTFParams:
             value = arrays.get(f.name, defaults.get(f.name))
             if value is None:
                 raise KeyError(f.name)
-            t = torch.as_tensor(value, dtype=torch.float64)
+            t = torch.tensor(np.asarray(value), dtype=torch.float64)
             out[f.name] = t.expand(n).clone() if t.ndim == 0 else t
         return cls(**out)
 
