@@ -1,0 +1,1 @@
+"""Simulated data sets with known truth: the demo molecule and the particle simulator."""
