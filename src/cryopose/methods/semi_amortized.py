@@ -1,0 +1,178 @@
+"""Semi-amortized ab initio reconstruction (cryoSPIN; DESIGN §4).
+
+Stage ``amortized`` (epochs < ``switch_epoch``): a multi-head encoder proposes H poses per image; all B·H are
+rendered in one call (slice → CTF → shift) from the explicit Hartley volume and the winner-takes-all loss
+``min_h L(y, ŷ_h)`` trains encoder and volume. Stage ``direct``: each particle starts from the pose of its best
+head (as last evaluated, in the final amortized epoch) and its axis-angle perturbation and shift are optimised
+with a per-particle Adam (``pose_steps`` steps), then the volume takes one step, for every batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..models.encoder import PoseEncoder
+from ..models.poses import PoseTable, RowAdam
+from ..models.volume import HartleyVolume
+from ..physics.fourier import ihartley3_centered
+from ..physics.projection import circular_mask, render
+from .losses import slice_loss, target_spectra
+
+
+@dataclass
+class SemiAmortizedConfig:
+    """Settings (paper values as defaults; learning rates for Adam)."""
+
+    heads: int = 7
+    switch_epoch: int = 5
+    encoder: str = "light"
+    lr_encoder: float = 1e-4
+    lr_decoder: float = 5e-3
+    lr_decoder_direct: float = 2e-3
+    lr_pose: float = 0.05
+    pose_steps: int = 5
+    loss: str = "nll"
+    mantissa_exponent: bool = False
+    shifts: bool = False
+    max_shift_A: float | None = None
+    radius_px: float | None = None
+
+
+class SemiAmortized:
+    """The cryoSPIN method for :func:`cryopose.train.loop.train` (see module docstring).
+
+    Args:
+        cfg: settings.
+        n_particles, box, pixel_size_A: the data (after any downsampling).
+        noise_sigma: noise standard deviation per Fourier coefficient of the normalised images; spectra are
+            divided by it, so the volume lives in whitened units.
+    """
+
+    def __init__(self, cfg: SemiAmortizedConfig, n_particles: int, box: int, pixel_size_A: float,
+                 noise_sigma: float, device: torch.device, seed: int = 0):
+        self.cfg, self.box, self.apix, self.sigma, self.device = cfg, box, pixel_size_A, noise_sigma, device
+        torch.manual_seed(seed)
+        self.encoder = PoseEncoder(box, heads=cfg.heads, backbone=cfg.encoder, predict_shifts=cfg.shifts,
+                                   max_shift_A=cfg.max_shift_A, pixel_size_A=pixel_size_A).to(device)
+        self.volume = HartleyVolume(box, mantissa_exponent=cfg.mantissa_exponent).to(device)
+        self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr_encoder)
+        self.opt_volume = torch.optim.Adam(self.volume.parameters(), lr=cfg.lr_decoder)
+        mask = circular_mask(box, cfg.radius_px, device=device)
+        self.mask_index = torch.nonzero(mask.flatten()).squeeze(1)
+        self.best_rotations = torch.eye(3, device=device).repeat(n_particles, 1, 1)
+        self.best_shifts = torch.zeros(n_particles, 2, device=device)
+        self.wins = torch.zeros(cfg.heads, dtype=torch.long, device=device)
+        self.table: PoseTable | None = None
+        self.opt_pose: RowAdam | None = None
+
+    # -------------------------------------------------------------------------------------------- loop hooks
+    def stage(self, epoch: int) -> str:
+        return "amortized" if epoch < self.cfg.switch_epoch else "direct"
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.wins.zero_()
+        if self.stage(epoch) == "direct" and self.table is None:
+            self.switch()
+
+    def switch(self) -> None:
+        """Start auto-decoding: per-particle poses from the best heads, a new pose optimiser, lower decoder lr."""
+        self.table = PoseTable(self.best_rotations, self.best_shifts).to(self.device)
+        self.opt_pose = RowAdam([self.table.rotvec, self.table.shift], lr=self.cfg.lr_pose)
+        for group in self.opt_volume.param_groups:
+            group["lr"] = self.cfg.lr_decoder_direct
+
+    def _loss(self, rotations: Tensor, shifts: Tensor | None, batch: dict, target: Tensor,
+              volume: Tensor) -> Tensor:
+        """Per-image, per-pose loss ``(B, H)`` for rotations ``(B, H, 3, 3)`` and shifts ``(B, H, 2)``."""
+        spectra = render(volume, rotations, self.apix, ctf=batch["ctf"], shifts_A=shifts, real_space=False)
+        predicted = spectra.flatten(-2)[..., self.mask_index]
+        return slice_loss(predicted, target, self.cfg.loss)
+
+    def step(self, batch: dict) -> dict[str, float]:
+        target = target_spectra(batch["images"], self.sigma, self.mask_index)
+        if self.table is None:
+            return self._amortized_step(batch, target)
+        return self._direct_step(batch, target)
+
+    def _amortized_step(self, batch: dict, target: Tensor) -> dict[str, float]:
+        rotations, shifts = self.encoder(batch["images"])
+        losses = self._loss(rotations, shifts, batch, target, self.volume.hartley())  # (B, H)
+        best, winner = losses.min(dim=1)
+        loss = best.mean()
+        self.opt_encoder.zero_grad(set_to_none=True)
+        self.opt_volume.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_encoder.step()
+        self.opt_volume.step()
+        index, rows = batch["index"].to(self.device), torch.arange(len(winner), device=self.device)
+        with torch.no_grad():
+            self.best_rotations[index] = rotations[rows, winner].detach()
+            if shifts is not None:
+                self.best_shifts[index] = shifts[rows, winner].detach()
+            self.wins += torch.bincount(winner, minlength=self.cfg.heads)
+        return {"loss": float(loss)}
+
+    def _direct_step(self, batch: dict, target: Tensor) -> dict[str, float]:
+        index = batch["index"].to(self.device)
+        volume = self.volume.hartley().detach()
+        for _ in range(self.cfg.pose_steps):
+            rotvec, shift = self.table.leaves(index)
+            rotations = self.table.compose(rotvec, index)[:, None]
+            losses = self._loss(rotations, shift[:, None] if self.cfg.shifts else None, batch, target, volume)
+            grads = torch.autograd.grad(losses.sum(), [rotvec, shift], allow_unused=True)
+            self.opt_pose.step(index, [grads[0], grads[1] if self.cfg.shifts else None])
+        with torch.no_grad():
+            rotations = self.table.compose(self.table.rotvec[index], index)[:, None]
+            shifts = self.table.shift[index][:, None] if self.cfg.shifts else None
+        loss = self._loss(rotations, shifts, batch, target, self.volume.hartley()).mean()
+        self.opt_volume.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_volume.step()
+        return {"loss": float(loss)}
+
+    def end_epoch(self, epoch: int) -> dict[str, float]:
+        if self.stage(epoch) != "amortized":
+            return {}
+        share = (self.wins.float() / self.wins.sum().clamp(min=1)).tolist()
+        return {"head_share": [round(s, 4) for s in share]}
+
+    # ---------------------------------------------------------------------------------------------- results
+    @torch.no_grad()
+    def density(self) -> Tensor:
+        """The current map ``(D, D, D)`` (arbitrary units, positive density)."""
+        return ihartley3_centered(self.volume.hartley().double() * self.sigma).float()
+
+    @torch.no_grad()
+    def poses(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Current rotations ``(N, 3, 3)`` and shifts ``(N, 2)`` Å (None without shift estimation)."""
+        if self.table is None:
+            rotations, shifts = self.best_rotations, self.best_shifts
+        else:
+            rotations, shifts = self.table.all_rotations(), self.table.shift
+        return rotations.cpu().double().numpy(), (shifts.cpu().double().numpy() if self.cfg.shifts else None)
+
+    def state_dict(self) -> dict:
+        return {"config": asdict(self.cfg), "sigma": self.sigma, "encoder": self.encoder.state_dict(),
+                "volume": self.volume.state_dict(), "opt_encoder": self.opt_encoder.state_dict(),
+                "opt_volume": self.opt_volume.state_dict(), "best_rotations": self.best_rotations,
+                "best_shifts": self.best_shifts, "wins": self.wins,
+                "table": None if self.table is None else self.table.state_dict(),
+                "opt_pose": None if self.opt_pose is None else self.opt_pose.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sigma = state["sigma"]
+        self.encoder.load_state_dict(state["encoder"])
+        self.volume.load_state_dict(state["volume"])
+        self.opt_encoder.load_state_dict(state["opt_encoder"])
+        self.best_rotations.copy_(state["best_rotations"])
+        self.best_shifts.copy_(state["best_shifts"])
+        self.wins.copy_(state["wins"])
+        if state["table"] is not None:
+            self.switch()
+            self.table.load_state_dict(state["table"])
+            self.opt_pose.load_state_dict(state["opt_pose"])
+        self.opt_volume.load_state_dict(state["opt_volume"])

@@ -1,0 +1,98 @@
+"""Run directories: resolved configuration, JSONL metrics log, atomic checkpoints.
+
+Layout (DESIGN §1)::
+
+    RUN/config.json        the resolved configuration
+    RUN/log.jsonl          one JSON object per logged step / epoch
+    RUN/checkpoint.pt      the latest checkpoint (replaced atomically)
+    RUN/maps/epoch_NNN.mrc the map after each epoch
+    RUN/map.mrc, RUN/poses.star, RUN/report.html   final outputs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..io.atomic import atomic_path
+
+CHECKPOINT = "checkpoint.pt"
+_OWNED = ("config.json", "log.jsonl", CHECKPOINT, "maps", "map.mrc", "half1.mrc", "half2.mrc", "poses.star",
+          "report.html", "evaluation.json", "plots")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, "--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def prepare_run_dir(path: str | os.PathLike, config: dict, *, resume: bool, force: bool) -> tuple[Path, dict]:
+    """Create or reopen a run directory; returns it and the configuration to use.
+
+    A new run refuses a folder that already holds a run unless ``force`` (which clears the run's own files,
+    nothing else). ``resume`` reuses the saved configuration (the current one must describe the same data).
+    """
+    run = Path(path)
+    saved = run / "config.json"
+    if resume:
+        if not (run / CHECKPOINT).is_file():
+            raise InputError(run, "no checkpoint.pt to resume from")
+        old = json.loads(saved.read_text())
+        if old.get("particles") != config.get("particles"):
+            raise InputError(run, f"was run on {old.get('particles')}, not {config.get('particles')}")
+        for key in ("epochs", "device", "num_workers"):  # what a resumed run may change
+            old[key] = config[key]
+        config = old
+    elif saved.exists():
+        if not force:
+            raise InputError(run, "already holds a run; use --resume to continue it or --force to replace it")
+        for name in _OWNED:
+            target = run / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "maps").mkdir(exist_ok=True)
+    with atomic_path(saved) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, default=str))
+    return run, config
+
+
+class MetricsLog:
+    """Append-only JSON-lines log (one flushed line per record, so a kill loses nothing written)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.start = time.time()
+
+    def write(self, **record) -> None:
+        record.setdefault("time", round(time.time(), 3))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` to a temporary file, then rename: the previous checkpoint survives a crash."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except (OSError, RuntimeError, EOFError) as err:
+        raise InputError(path, f"cannot read the checkpoint ({err})") from err
