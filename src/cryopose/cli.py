@@ -6,6 +6,7 @@ Bad input ends with one line ``cryopose: error: FILE: problem`` on stderr and ex
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from collections.abc import Callable
@@ -77,7 +78,154 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_simulate)
 
 
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_simulate]
+def _add_particle_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datadir", default=None, help="folder holding the image stacks (default: next to the file)")
+    p.add_argument("--apix", type=float, default=None, help="pixel size in Å, overriding the file's")
+    p.add_argument("--box", type=int, default=None, help="Fourier-crop the images to this box (px, even)")
+    p.add_argument("--invert", action="store_true", help="multiply images by -1 (for dark-protein data)")
+
+
+def _cmd_backproject(args: argparse.Namespace) -> None:
+    from .backproject import backproject
+
+    result = backproject(args.particles, args.output, snr=args.snr, halves=args.halves, box=args.box,
+                         datadir=args.datadir, apix=args.apix, invert=args.invert)
+    print(f"backprojected {result['particles']} particles in {result['seconds']:.1f} s -> "
+          f"{', '.join(result['maps'])}")
+
+
+def _add_backproject(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("backproject", formatter_class=Formatter, help="reconstruct a map from known poses",
+                       description="Direct Fourier inversion with CTF (Wiener) weighting and gridding correction "
+                                   "from the poses in a STAR/.cs file, like relion_reconstruct --ctf.")
+    p.add_argument("particles", help="particles .star/.cs with poses")
+    p.add_argument("-o", "--output", required=True, help="output map (.mrc)")
+    p.add_argument("--snr", type=float, default=None,
+                   help="Wiener term 1/SNR added to the CTF² weights (default: none, as relion_reconstruct)")
+    p.add_argument("--halves", action="store_true", help="also write maps of the even / odd particles")
+    _add_particle_options(p)
+    p.set_defaults(func=_cmd_backproject)
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> None:
+    from .reconstruct import reconstruct
+
+    options = {"heads": args.heads, "switch_epoch": args.epochs_amortized, "encoder": args.encoder,
+               "lr_encoder": args.lr_encoder, "lr_decoder": args.lr_decoder, "lr_pose": args.lr_pose,
+               "loss": args.loss, "mantissa_exponent": args.mantissa_exponent}
+    summary = reconstruct(args.particles, args.output, method=args.method, epochs=args.epochs, batch=args.batch,
+                          box=args.box, datadir=args.datadir, apix=args.apix, invert=args.invert,
+                          shifts=args.shifts, device=args.device, seed=args.seed, resume=args.resume,
+                          force=args.force, ref=args.ref, checkpoint_minutes=args.checkpoint_minutes,
+                          num_workers=args.workers, semi_amortized=options)
+    print("\n".join(f"{k}: {v}" for k, v in summary.items() if k != "kind"))
+
+
+def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconstruct", formatter_class=Formatter, help="ab initio map and poses from particles",
+                       description="Ab initio reconstruction into a run directory: config.json, log.jsonl, "
+                                   "checkpoint.pt (resumable with --resume), maps/epoch_NNN.mrc, map.mrc and "
+                                   "poses.star (RELION 3.1).")
+    p.add_argument("particles", help="particles .star/.cs (with CTF)")
+    p.add_argument("-o", "--output", required=True, help="run directory")
+    p.add_argument("--method", default="semi-amortized", choices=["semi-amortized"], help="reconstruction method")
+    p.add_argument("--epochs", type=int, default=20, help="total epochs")
+    p.add_argument("--batch", type=int, default=32, help="particles per batch")
+    p.add_argument("--shifts", default="auto", choices=["auto", "on", "off"],
+                   help="estimate in-plane shifts (auto: off only when the file's shifts are all zero)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="random seed (CPU runs are reproducible)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
+    p.add_argument("--force", action="store_true", help="replace a run already in the output directory")
+    p.add_argument("--ref", default=None, help="reference map: log the FSC resolution after each epoch")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint interval (minutes)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    g = p.add_argument_group("semi-amortized (cryoSPIN)")
+    g.add_argument("--heads", type=int, default=7, help="pose heads of the encoder")
+    g.add_argument("--epochs-amortized", type=int, default=5, help="epochs of auto-encoding before the switch")
+    g.add_argument("--encoder", default="light", choices=["light", "paper"], help="CNN backbone")
+    g.add_argument("--lr-encoder", type=float, default=1e-4, help="encoder learning rate (Adam)")
+    g.add_argument("--lr-decoder", type=float, default=5e-3, help="decoder learning rate, stage 1 (Adam)")
+    g.add_argument("--lr-pose", type=float, default=0.05, help="per-particle pose learning rate, stage 2")
+    g.add_argument("--loss", default="nll", choices=["nll", "l1"], help="Gaussian NLL or the reference code's L1")
+    g.add_argument("--mantissa-exponent", action="store_true", help="volume as mantissa·exp(exponent)")
+    _add_particle_options(p)
+    p.set_defaults(func=_cmd_reconstruct)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate.run import evaluate_run
+
+    result = evaluate_run(args.run, args.ref, poses_truth=args.poses, apix=args.apix, out_dir=args.output)
+    print(json.dumps({k: result[k] for k in ("fsc_vs_reference", "fsc_halves", "poses") if result.get(k)},
+                     indent=2))
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", formatter_class=Formatter, help="FSC and pose error against the truth",
+                       description="Align a map (or a run directory's map.mrc) to a reference (rotation search, "
+                                   "both hands, shift), compute the FSC, align estimated poses to true ones, and "
+                                   "write evaluation.json, PNG plots and report.html.")
+    p.add_argument("run", help="run directory or map (.mrc)")
+    p.add_argument("--ref", required=True, help="reference map (e.g. ground_truth.mrc)")
+    p.add_argument("--poses", default=None, help="true poses (.star/.cs) for the pose error")
+    p.add_argument("--apix", type=float, default=None, help="voxel size (Å) of the map, overriding its header")
+    p.add_argument("-o", "--output", default=None, help="folder for the report (default: the run directory)")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_fsc(args: argparse.Namespace) -> None:
+    from .evaluate.run import fsc_maps
+
+    result = fsc_maps(args.map_a, args.map_b, apix=args.apix, mask=args.mask, out_dir=args.output)
+    print(f"FSC 0.143: {result['resolution_0.143_A']} Å, FSC 0.5: {result['resolution_0.5_A']} Å "
+          f"-> {result['png']}, {result['csv']}")
+
+
+def _add_fsc(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fsc", formatter_class=Formatter, help="FSC curve and resolution of two maps",
+                       description="Fourier shell correlation of two maps (e.g. half maps), without alignment; "
+                                   "writes a PNG and a CSV.")
+    p.add_argument("map_a")
+    p.add_argument("map_b")
+    p.add_argument("--apix", type=float, default=None, help="voxel size (Å), overriding the headers")
+    p.add_argument("--mask", default=None, help="mask map (.mrc) applied to both")
+    p.add_argument("-o", "--output", default=None, help="output folder (default: next to map A)")
+    p.set_defaults(func=_cmd_fsc)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import demo
+
+    summary = demo(args.output, n=args.n, box=args.box, apix=args.apix, snr=args.snr, seed=args.seed,
+                   force=args.force)
+    print(f"demo: {summary['particles']} particles of the built-in molecule, {summary['box']} px at "
+          f"{summary['apix_A']} Å/px, SNR {summary['snr']:.3g}")
+    print(f"reconstruction: {summary['method']}")
+    print(f"resolution vs ground truth (FSC 0.5): {summary['resolution_vs_truth_A']:.2f} Å; "
+          f"half maps (FSC 0.143): {summary['resolution_half_maps_A']:.2f} Å "
+          f"(Nyquist {2 * summary['apix_A']:.2f} Å)")
+    print(f"time: {summary['seconds']:.0f} s")
+    print(f"report: {summary['report']}")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", formatter_class=Formatter, help="simulate, reconstruct and evaluate a built-in "
+                                                                "molecule",
+                       description="Simulate the built-in demo protein (made by code, no download), reconstruct "
+                                   "it, evaluate against the truth and write a report.")
+    p.add_argument("-o", "--output", default="demo", help="output folder")
+    p.add_argument("--n", type=int, default=5000, help="number of particles")
+    p.add_argument("--box", type=int, default=64, help="box (px)")
+    p.add_argument("--apix", type=float, default=1.5, help="pixel size (Å)")
+    p.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--force", action="store_true", help="overwrite an earlier demo in the folder")
+    p.set_defaults(func=_cmd_demo)
+
+
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_info, _add_simulate, _add_backproject, _add_reconstruct,
+                                                                    _add_evaluate, _add_fsc]
 
 
 def build_parser() -> argparse.ArgumentParser:

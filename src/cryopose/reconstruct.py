@@ -14,28 +14,17 @@ from .errors import InputError
 from .evaluate.align import align_maps
 from .evaluate.fsc import fsc, fsc_resolution, soft_sphere_mask
 from .evaluate.poses import pose_error
+from .evaluate.run import reference_on_grid
 from .io import read_particles
 from .io.dataset import ParticleDataset
-from .io.mrc import read_map, write_map
+from .io.mrc import write_map
 from .io.star import write_star
 from .methods.losses import noise_sigma
 from .methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
-from .simulation.simulate import resample_map
 from .train.loop import LoopConfig, train
 from .train.run_dir import MetricsLog, prepare_run_dir, resolve_device
 
 METHODS = ("semi-amortized",)
-
-
-def _reference(path: str | os.PathLike, box: int, apix: float) -> torch.Tensor:
-    """The reference map resampled to the data's box and pixel size."""
-    ref = read_map(path)
-    data = torch.from_numpy(ref.cubic()).double()
-    if ref.voxel_size_A <= 0:
-        raise InputError(path, "the reference map has no voxel size in its header")
-    if data.shape[-1] != box or abs(ref.voxel_size_A - apix) > 1e-3 * apix:
-        data = resample_map(data, ref.voxel_size_A, box, apix)
-    return data.float()
 
 
 def epoch_evaluator(run: Path, apix: float, reference: torch.Tensor | None, truth_rotations: np.ndarray | None):
@@ -86,8 +75,8 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
     sigma = noise_sigma(dataset.__getitems__(sample)["images"])
     cfg = SemiAmortizedConfig(**config["semi_amortized"])
     model = SemiAmortized(cfg, len(dataset), dataset.box, dataset.pixel_size_A, sigma, dev, seed=seed)
-    reference = None if config["reference"] is None else _reference(config["reference"], dataset.box,
-                                                                     dataset.pixel_size_A)
+    reference = None if config["reference"] is None else torch.from_numpy(
+        reference_on_grid(config["reference"], dataset.box, dataset.pixel_size_A)[0])
     hook = epoch_evaluator(run, dataset.pixel_size_A, reference, table.rotations)
     loop = LoopConfig(epochs=config["epochs"], batch=config["batch"], seed=config["seed"],
                       checkpoint_minutes=config["checkpoint_minutes"], num_workers=config["num_workers"])

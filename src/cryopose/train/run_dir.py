@@ -24,7 +24,7 @@ from ..io.atomic import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 _OWNED = ("config.json", "log.jsonl", CHECKPOINT, "maps", "map.mrc", "half1.mrc", "half2.mrc", "poses.star",
-          "report.html", "evaluation.json", "plots")
+          "report.html", "evaluation.json", "plots", "map_aligned.mrc")
 
 
 def resolve_device(name: str) -> torch.device:
