@@ -57,6 +57,7 @@ class SimulationConfig:
     seed: int = 0
     chains: list[str] = field(default_factory=list)
     map_apix: float | None = None
+    noise_seed: int | None = None  # default: seed + 1
     batch: int = 256
 
 
@@ -117,10 +118,10 @@ def random_ctf(cfg: SimulationConfig, rng: np.random.Generator) -> dict[str, np.
 
 
 def _clean_batches(volume: torch.Tensor, table: ParticleTable, cfg: SimulationConfig, desc: str):
-    """Yield ``(start, clean images (B, D, D) float64)`` over the data set."""
-    ctf = table.ctf_params()
-    rotations = torch.from_numpy(table.rotations)
-    shifts = torch.from_numpy(table.shifts_A)
+    """Yield ``(start, clean images (B, D, D))`` over the data set (in the volume's dtype)."""
+    ctf = table.ctf_params().to(dtype=volume.dtype)
+    rotations = torch.from_numpy(table.rotations).to(volume.dtype)
+    shifts = torch.from_numpy(table.shifts_A).to(volume.dtype)
     for start in tqdm(range(0, cfg.n, cfg.batch), desc=desc, unit="batch", leave=False):
         sel = slice(start, min(start + cfg.batch, cfg.n))
         yield start, render(volume, rotations[sel], cfg.apix, ctf=ctf[sel], shifts_A=shifts[sel], box=cfg.box)
@@ -131,8 +132,8 @@ def simulate(cfg: SimulationConfig, out_dir: str | os.PathLike, force: bool = Fa
 
     Writes ``particles.mrcs`` (streamed through a memory map, never held in memory), ``particles.star``
     (RELION 3.1 with the true poses, shifts and CTF; the SNR in its header), ``ground_truth.mrc`` and
-    ``simulation.json``. Two passes over the poses: the first measures the clean-image variance so that the
-    noise level gives exactly the requested SNR.
+    ``simulation.json``. The clean images go to the stack first; their mean variance then sets the one noise
+    level that gives exactly the requested SNR, and the noise is added in a second pass over the stack.
     """
     out = Path(out_dir)
     if (out / "particles.star").exists() and not force:
@@ -154,17 +155,21 @@ def simulate(cfg: SimulationConfig, out_dir: str | os.PathLike, force: bool = Fa
         image_indices=np.arange(cfg.n), box=cfg.box, pixel_size_A=np.full(cfg.n, cfg.apix),
         ctf=random_ctf(cfg, rng), rotations=random_rotations(cfg.n, rng),
         shifts_A=rng.normal(scale=cfg.shift_std_px, size=(cfg.n, 2)) * cfg.apix)
-    volume = projection_volume(torch.from_numpy(truth).double())
+    volume = projection_volume(torch.from_numpy(truth).double()).float()
 
-    variance = sum(float(images.var(dim=(-2, -1)).sum()) for _, images in
-                   _clean_batches(volume, table, cfg, "measuring signal")) / cfg.n
-    sigma = float(np.sqrt(variance / cfg.snr))
-    noise_rng = torch.Generator().manual_seed(cfg.seed + 1)
+    noise_rng = torch.Generator().manual_seed(cfg.seed + 1 if cfg.noise_seed is None else cfg.noise_seed)
     with atomic_path(stack) as tmp:
         with mrcfile.new_mmap(tmp, shape=(cfg.n, cfg.box, cfg.box), mrc_mode=2, overwrite=True) as mrc:
-            for start, images in _clean_batches(volume, table, cfg, "simulating"):
-                noise = torch.randn(images.shape, generator=noise_rng, dtype=torch.float64) * sigma
-                mrc.data[start:start + len(images)] = (images + noise).float().numpy()
+            variance = 0.0  # pass 1: clean images into the memory-mapped stack, and their mean variance
+            for start, images in _clean_batches(volume, table, cfg, "projecting"):
+                mrc.data[start:start + len(images)] = images.numpy()
+                variance += float(images.double().var(dim=(-2, -1)).sum())
+            variance /= cfg.n
+            sigma = float(np.sqrt(variance / cfg.snr))
+            for start in range(0, cfg.n, cfg.batch):  # pass 2: one noise level for the whole data set
+                stop = min(start + cfg.batch, cfg.n)
+                noise = torch.randn((stop - start, cfg.box, cfg.box), generator=noise_rng) * sigma
+                mrc.data[start:stop] += noise.numpy()
             mrc.set_image_stack()
             mrc.voxel_size = cfg.apix
             mrc.update_header_stats()
