@@ -17,7 +17,8 @@ from cryopose.io.mrc import read_map
 from cryopose.io.structure import read_structure
 from cryopose.physics.density import model_to_map
 from cryopose.simulation.molecule import demo_structure
-from cryopose.simulation.simulate import SimulationConfig, resample_map, simulate
+from cryopose.physics.resample import resample_map
+from cryopose.simulation.simulate import SimulationConfig, simulate
 
 
 def _coords(st):

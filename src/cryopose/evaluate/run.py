@@ -22,7 +22,7 @@ from ..io.atomic import atomic_path
 from ..io.mrc import read_map, write_map
 from ..io.particles import ParticleTable
 from ..report.plots import FSCCurve
-from ..simulation.simulate import resample_map
+from ..physics.resample import resample_map
 from .align import MapAlignment, align_maps
 from .fsc import fsc, fsc_resolution, soft_sphere_mask
 from .poses import MIRROR, fit_global_rotation, pose_error

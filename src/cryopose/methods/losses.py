@@ -7,7 +7,6 @@ it per coefficient (divided by the number of coefficients in the mask) so that n
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..physics.fourier import fft2_centered

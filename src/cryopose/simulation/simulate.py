@@ -19,7 +19,6 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import InputError, OutputError
@@ -28,10 +27,9 @@ from ..io.mrc import read_map, write_map
 from ..io.particles import ParticleTable
 from ..io.star import write_star
 from ..io.structure import read_structure
-from ..physics.ctf import CTFParams
 from ..physics.density import model_to_map
-from ..physics.fourier import fft3_centered, ifft3_centered
 from ..physics.projection import projection_volume, render
+from ..physics.resample import resample_map
 from .molecule import demo_structure
 
 _STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".cif.gz")
@@ -73,29 +71,8 @@ def ground_truth_map(cfg: SimulationConfig) -> np.ndarray:
     m = read_map(path, voxel_size_A=cfg.map_apix)
     if m.voxel_size_A <= 0:
         raise InputError(path, "the map header has no voxel size; pass --map-apix")
-    return resample_map(torch.from_numpy(m.data).double(), m.voxel_size_A, cfg.box, cfg.apix).float().numpy()
-
-
-def resample_map(data: torch.Tensor, apix_in: float, box: int, apix_out: float) -> torch.Tensor:
-    """Resample a ``(Z, Y, X)`` map (any box, ``apix_in`` Å) to ``(box,)*3`` voxels of ``apix_out`` Å.
-
-    The map is first low-passed to the coarser of the two Nyquist frequencies (no aliasing), then sampled
-    trilinearly with both box centres (voxel ``size // 2``) kept at the same physical point.
-    """
-    shape = torch.tensor(data.shape, dtype=torch.float64)
-    if apix_out > apix_in:  # band-limit to the output Nyquist frequency
-        spectrum = fft3_centered(data)
-        k = [(torch.arange(n, dtype=torch.float64) - n // 2) / (n * apix_in) for n in data.shape]
-        kz, ky, kx = torch.meshgrid(*k, indexing="ij")
-        spectrum = spectrum * ((kx.abs() <= 0.5 / apix_out) & (ky.abs() <= 0.5 / apix_out)
-                               & (kz.abs() <= 0.5 / apix_out))
-        data = ifft3_centered(spectrum).real
-    offsets = (torch.arange(box, dtype=torch.float64) - box // 2) * apix_out / apix_in  # input voxels
-    axes = [(offsets + shape[i] // 2) * 2 / (shape[i] - 1) - 1 for i in range(3)]  # align_corners=True
-    gz, gy, gx = torch.meshgrid(*axes, indexing="ij")
-    grid = torch.stack([gx, gy, gz], dim=-1)[None]
-    out = F.grid_sample(data[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out[0, 0]
+    return resample_map(torch.from_numpy(m.data).double(), m.voxel_size_A, cfg.box,
+                        cfg.apix).float().numpy()
 
 
 def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
