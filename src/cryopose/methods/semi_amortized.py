@@ -114,7 +114,7 @@ class SemiAmortized:
             if shifts is not None:
                 self.best_shifts[index] = shifts[rows, winner].detach()
             self.wins += torch.bincount(winner, minlength=self.cfg.heads)
-        return {"loss": float(loss)}
+        return {"loss": loss.item()}
 
     def _direct_step(self, batch: dict, target: Tensor) -> dict[str, float]:
         index = batch["index"].to(self.device)
@@ -132,7 +132,7 @@ class SemiAmortized:
         self.opt_volume.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_volume.step()
-        return {"loss": float(loss)}
+        return {"loss": loss.item()}
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         if self.stage(epoch) != "amortized":

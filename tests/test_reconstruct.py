@@ -1,0 +1,59 @@
+"""The reconstruct job: run directory, outputs, refusal to overwrite, and resume from a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cryopose.errors import InputError
+from cryopose.io import read_particles
+from cryopose.io.mrc import read_map
+from cryopose.reconstruct import reconstruct
+from cryopose.simulation.simulate import SimulationConfig, simulate
+
+FAST = {"heads": 3, "switch_epoch": 1, "encoder": "light"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    simulate(SimulationConfig(source="demo", box=32, apix=3.0, n=96, snr=0.5, seed=1), folder)
+    return folder
+
+
+def _epochs(run):
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
+            if json.loads(line)["kind"] == "epoch"]
+
+
+def test_run_directory_outputs_and_resume(tiny, tmp_path):
+    run = tmp_path / "run"
+    reconstruct(tiny / "particles.star", run, epochs=2, batch=16, ref=tiny / "ground_truth.mrc",
+                semi_amortized=FAST)
+    config = json.loads((run / "config.json").read_text())
+    assert config["semi_amortized"]["shifts"] is False  # the simulated shifts are all zero
+    assert read_map(run / "map.mrc").data.shape == (32, 32, 32)
+    assert sorted(p.name for p in (run / "maps").iterdir()) == ["epoch_001.mrc", "epoch_002.mrc"]
+    poses = read_particles(run / "poses.star")
+    assert len(poses) == 96 and poses.rotations is not None
+    np.testing.assert_allclose(np.linalg.det(poses.rotations), 1.0, atol=1e-5)
+    records = _epochs(run)
+    assert [r["stage"] for r in records] == ["amortized", "direct"]
+    assert all(np.isfinite(r["resolution_0.5_A"]) and r["resolution_0.5_A"] >= 6.0 for r in records)
+    assert len(records[0]["head_share"]) == 3 and sum(records[0]["head_share"]) == pytest.approx(1.0, abs=1e-3)
+
+    with pytest.raises(InputError, match="already holds a run"):
+        reconstruct(tiny / "particles.star", run, epochs=2, batch=16, semi_amortized=FAST)
+    reconstruct(tiny / "particles.star", run, epochs=3, batch=16, resume=True, semi_amortized=FAST)
+    records = _epochs(run)
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert (run / "maps/epoch_003.mrc").is_file()
+    kinds = [json.loads(line)["kind"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert "resume" in kinds
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny, tmp_path):
+    with pytest.raises(InputError, match="no checkpoint.pt to resume from"):
+        reconstruct(tiny / "particles.star", tmp_path / "empty", epochs=1, resume=True, semi_amortized=FAST)
