@@ -22,20 +22,21 @@ def backproject_dataset(dataset: ParticleDataset, rotations: np.ndarray, shifts_
                         device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """Maps ``(D, D, D)`` from the particles of ``dataset`` at the given poses: the full map, then (with
     ``halves``) the maps of the even and odd particles. ``rotations`` ``(N, 3, 3)``, ``shifts_A`` ``(N, 2)``."""
-    accumulators = [BackprojectionAccumulator(dataset.box, snr=snr, device=device) for _ in range(3 if halves
-                                                                                                  else 1)]
+    parts = [BackprojectionAccumulator(dataset.box, snr=snr, device=device) for _ in range(2 if halves else 1)]
     rot = torch.as_tensor(rotations, dtype=torch.float32)
     shifts = None if shifts_A is None else torch.as_tensor(shifts_A, dtype=torch.float32)
     for b in tqdm(make_loader(dataset, batch), desc="backprojecting", unit="batch", leave=False):
         index = b["index"]
-        parts = [(accumulators[0], torch.ones_like(index, dtype=torch.bool))]
-        if halves:
-            parts += [(accumulators[1], index % 2 == 0), (accumulators[2], index % 2 == 1)]
-        for acc, keep in parts:
+        for half, acc in enumerate(parts):
+            keep = index % len(parts) == half  # even / odd particles (everything without halves)
             if keep.any():
                 acc.add(b["images"][keep], rot[index[keep]], None if shifts is None else shifts[index[keep]],
                         b["ctf"][keep] if "ctf" in b else None, dataset.pixel_size_A)
-    return [acc.finalize().cpu() for acc in accumulators]
+    if not halves:
+        return [parts[0].finalize().cpu()]
+    half_maps = [acc.finalize().cpu() for acc in parts]
+    parts[0] += parts[1]
+    return [parts[0].finalize().cpu()] + half_maps
 
 
 def backproject(particles: str | os.PathLike, out: str | os.PathLike, *, snr: float | None = None,

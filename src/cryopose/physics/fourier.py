@@ -38,6 +38,21 @@ def fourier_to_hartley(spectrum: Tensor) -> Tensor:
     return spectrum.real - spectrum.imag
 
 
+def mirror_centered(x: Tensor, ndim: int = 2) -> Tensor:
+    """``x(-k)`` on the centred grid over the last ``ndim`` axes: index ``j`` -> ``(D - j) mod D`` (periodic)."""
+    dims = tuple(range(-ndim, 0))
+    return torch.roll(x.flip(dims), shifts=(1,) * ndim, dims=dims)
+
+
+def hartley_to_fourier(hartley: Tensor, ndim: int = 2) -> Tensor:
+    """Centred complex spectrum ``F = E - iO`` from centred Hartley coefficients over the last ``ndim`` axes.
+
+    ``E = (H(k) + H(-k)) / 2`` and ``O = (H(k) - H(-k)) / 2``; inverse of :func:`fourier_to_hartley`.
+    """
+    mirrored = mirror_centered(hartley, ndim)
+    return torch.complex((hartley + mirrored) / 2, (mirrored - hartley) / 2)
+
+
 def hartley2_centered(images: Tensor) -> Tensor:
     """Centred 2D Hartley transform of real ``(..., D, D)`` images."""
     return fourier_to_hartley(fft2_centered(images))
@@ -80,3 +95,9 @@ def frequency_grid_2d(box: int, pixel_size_A: float = 1.0, device=None, dtype=to
     k = (torch.arange(box, device=device, dtype=dtype) - box // 2) / (box * pixel_size_A)
     ky, kx = torch.meshgrid(k, k, indexing="ij")
     return torch.stack([kx, ky], dim=-1)
+
+
+def radius_grid(box: int, device=None, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Distance ``(D, D, D)`` of every voxel from the centre voxel ``D // 2`` (voxels, or frequency pixels)."""
+    k = (torch.arange(box, device=device, dtype=dtype) - box // 2) ** 2
+    return torch.sqrt(k[:, None, None] + k[None, :, None] + k[None, None, :])

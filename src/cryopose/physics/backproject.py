@@ -1,0 +1,133 @@
+"""Reconstruction from known poses: CTF-weighted direct Fourier inversion, streamed over batches."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .ctf import CTFParams, compute_ctf
+from .fourier import fft2_centered, ifft3_centered, radius_grid
+from .projection import half_disc, shift_phase, slice_coords, splat, trilinear_apodization
+
+
+class BackprojectionAccumulator:
+    """Accumulates ``Σ CTF·F_i`` and ``Σ CTF²`` on a ``pad·D`` oversampled Fourier grid, batch by batch.
+
+    Each image spectrum (its shift undone) is splatted with trilinear weights at ``p = pad · Rᵀ q`` for
+    ``|q| ≤ radius`` — on half the disc; the Friedel mates are added by symmetry in :meth:`finalize`, so every
+    disc pixel counts once. :meth:`finalize` returns the map of
+    ``V = Σ CTF·F / (Σ CTF² + 1/snr)`` (inverse FFT, crop to ``D``, divided by the trilinear kernel's transform)
+    and, like ``relion_reconstruct``, sets the box corners beyond radius ``D/2`` to their mean (3-voxel cosine
+    edge) so that their noise does not dilute the FSC.
+
+    Args:
+        box: image box ``D`` (even).
+        pad: oversampling of the Fourier grid (RELION's default 2).
+        snr: Wiener term: a float, or a tensor ``(D//2 + 1,)`` per shell (image pixels). ``1/snr`` is added to
+            ``Σ CTF²`` counted per image pixel. ``None``: no regularisation, but weights are raised to at
+            least 1/1000 of their shell average (as ``relion_reconstruct`` without ``--fsc``).
+        radius: highest frequency used, in image pixels (default ``D/2``).
+
+    Half maps: one accumulator per half set; ``full += half`` merges accumulators (or all-reduce ``data`` and
+    ``weight`` across processes).
+    """
+
+    def __init__(
+        self,
+        box: int,
+        *,
+        pad: int = 2,
+        snr: float | Tensor | None = None,
+        radius: float | None = None,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.box, self.pad, self.snr, self.radius = box, pad, snr, radius
+        self.grid = pad * box
+        self.size = self.grid + 3  # zero border as in extract_slices: centre grid/2 + 1, mirror i -> grid + 2 - i
+        n = self.size**3
+        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        self.data = torch.zeros(n, dtype=cdtype, device=device)
+        self.weight = torch.zeros(n, dtype=dtype, device=device)
+        self.count = 0
+
+    def add(
+        self,
+        images: Tensor,
+        rotations: Tensor,
+        shifts_A: Tensor | None = None,
+        ctf: CTFParams | None = None,
+        pixel_size_A: float | Tensor = 1.0,
+    ) -> None:
+        """Insert real images ``(B, D, D)`` at poses ``(B, 3, 3)``, origins ``(B, 2)`` (Å) and CTFs ``(B,)``."""
+        device, real = self.weight.device, self.weight.dtype
+        images = images.to(device=device, dtype=real)
+        disc = half_disc(self.box, self.radius, device)
+        spectra = fft2_centered(images)
+        if shifts_A is not None:
+            spectra = spectra * shift_phase(-shifts_A.to(device=device, dtype=real), self.box, pixel_size_A)
+        values = spectra.flatten(-2).index_select(-1, disc.pixel)  # (B, M)
+        mult = disc.multiplicity.to(real)
+        if ctf is None:
+            weights = mult.expand_as(values.real)
+        else:
+            c = compute_ctf(ctf.to(device=device), self.box, pixel_size_A, dtype=real).flatten(-2)
+            c = c.index_select(-1, disc.pixel)
+            values, weights = values * c, c * c * mult
+        coords = slice_coords(rotations.to(device=device, dtype=real), disc, self.pad, self.grid // 2 + 1)
+        splat((self.data, self.weight), (values * mult, weights), coords, self.size)
+        self.count += images.shape[0]
+
+    def __iadd__(self, other: "BackprojectionAccumulator") -> "BackprojectionAccumulator":
+        if (other.box, other.pad) != (self.box, self.pad):
+            raise ValueError("accumulators differ in box or padding")
+        self.data += other.data
+        self.weight += other.weight
+        self.count += other.count
+        return self
+
+    def finalize(self) -> Tensor:
+        """The reconstructed real-space map ``(D, D, D)`` (voxel units of the images' line integrals)."""
+        g, d = self.grid, self.box
+        shape = (self.size,) * 3
+        data, weight = self.data.view(shape), self.weight.view(shape)
+        data = data + data.flip(0, 1, 2).conj()  # Friedel mates
+        weight = weight + weight.flip(0, 1, 2)
+        for dim in range(3):  # fold +grid/2 onto -grid/2 (periodic), keep indices 1 .. grid
+            data, weight = (_fold_nyquist(x, dim, g) for x in (data, weight))
+        snr = None if self.snr is None else torch.as_tensor(self.snr, dtype=weight.dtype, device=weight.device)
+        if snr is None or snr.ndim:
+            shell = _shell_index(g, self.pad, weight.device)
+        if snr is None:
+            counts = torch.bincount(shell.flatten()).clamp(min=1)
+            mean = torch.bincount(shell.flatten(), weight.flatten().double()) / counts
+            weight = torch.maximum(weight, (1e-3 * mean[shell]).to(weight.dtype))
+        else:
+            snr = snr[shell.clamp(max=snr.numel() - 1)] if snr.ndim else snr
+            weight = weight + 1.0 / (snr * self.pad**2)  # splat weights per image pixel are ~1/pad²
+        spectrum = torch.where(weight > 0, data / weight.clamp(min=torch.finfo(weight.dtype).tiny), 0)
+        volume = ifft3_centered(spectrum).real
+        start = g // 2 - d // 2
+        volume = volume[start : start + d, start : start + d, start : start + d]
+        return _mask_corners(volume / trilinear_apodization(d, g, volume.device, volume.dtype))
+
+
+def _mask_corners(volume: Tensor, width: float = 3.0) -> Tensor:
+    """RELION's ``softMaskOutsideMap``: beyond radius ``D/2`` blend into the (weighted) mean found there."""
+    d = volume.shape[-1]
+    t = ((radius_grid(d, volume.device, volume.dtype) - d / 2) / width).clamp(0, 1)
+    outside = 0.5 - 0.5 * torch.cos(torch.pi * t)  # 0 inside the sphere, 1 beyond the edge
+    background = (volume * outside).sum() / outside.sum()
+    return volume + outside * (background - volume)
+
+
+def _fold_nyquist(x: Tensor, dim: int, grid: int) -> Tensor:
+    """Add index ``grid + 1`` (+grid/2) onto index 1 (−grid/2) along ``dim`` and keep indices ``1 .. grid``."""
+    out = x.narrow(dim, 1, grid).clone()
+    out.narrow(dim, 0, 1).add_(x.narrow(dim, grid + 1, 1))
+    return out
+
+
+def _shell_index(grid: int, pad: int, device) -> Tensor:
+    """Shell ``round(|p| / pad)`` (image pixels) of every voxel of a centred ``grid``³ spectrum."""
+    return torch.round(radius_grid(grid, device) / pad).long()
