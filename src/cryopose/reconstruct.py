@@ -75,7 +75,7 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
     sigma = noise_sigma(dataset.__getitems__(sample)["images"])
     cfg = SemiAmortizedConfig(**config["semi_amortized"])
     model = SemiAmortized(cfg, len(dataset), dataset.box, dataset.pixel_size_A, sigma, dev, seed=seed)
-    reference = None if config["reference"] is None else torch.from_numpy(
+    reference = None if config["reference"] is None else torch.tensor(
         reference_on_grid(config["reference"], dataset.box, dataset.pixel_size_A)[0])
     hook = epoch_evaluator(run, dataset.pixel_size_A, reference, table.rotations)
     loop = LoopConfig(epochs=config["epochs"], batch=config["batch"], seed=config["seed"],
