@@ -18,9 +18,12 @@ Formatter = argparse.ArgumentDefaultsHelpFormatter
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    from .info import info
+    from .info import check_lines, info
 
-    print(info(args.file, datadir=args.datadir, apix=args.apix, check=not args.no_check))
+    text, table = info(args.file, datadir=args.datadir, apix=args.apix)
+    print(text, flush=True)  # the summary is shown even when a stack check below fails
+    if table is not None and not args.no_check:
+        print(check_lines(table))
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:

@@ -21,8 +21,8 @@ def _range(values: np.ndarray, scale: float = 1.0, fmt: str = "{:.4g}") -> str:
     return fmt.format(lo) if np.isclose(lo, hi) else f"{fmt.format(lo)} – {fmt.format(hi)}"
 
 
-def describe_particles(table: ParticleTable, check: bool = True) -> str:
-    """Summary lines for a particle table; ``check`` also verifies every referenced image stack."""
+def describe_particles(table: ParticleTable) -> str:
+    """Summary lines for a particle table (the image stacks are checked separately, see :func:`check_lines`)."""
     lines = [f"file:           {table.source}", f"particles:      {len(table)}",
              f"box:            {table.box or 'unknown (image stack not found)'} px",
              f"pixel size:     {_range(table.pixel_size_A)} Å"]
@@ -52,13 +52,13 @@ def describe_particles(table: ParticleTable, check: bool = True) -> str:
         lines.append(f"shifts:         yes, |shift| up to {np.abs(table.shifts_A).max():.3g} Å")
     else:
         lines.append("shifts:         no")
-    n_files = len(np.unique(table.image_files.astype(str)))
-    if check:
-        check_stacks(table)
-        lines.append(f"image stacks:   {n_files} file(s), all present and complete")
-    else:
-        lines.append(f"image stacks:   {n_files} file(s), not checked")
     return "\n".join(lines)
+
+
+def check_lines(table: ParticleTable) -> str:
+    """The image-stack line of the summary; raises :class:`InputError` for a missing or bad stack."""
+    check_stacks(table)
+    return f"image stacks:   {len(np.unique(table.image_files.astype(str)))} file(s), all present and complete"
 
 
 def describe_mrc(path: Path) -> str:
@@ -75,12 +75,13 @@ def describe_mrc(path: Path) -> str:
                       f"max {m.data.max():.4g}, mean {m.data.mean():.4g}, std {m.data.std():.4g}"])
 
 
-def info(path: str | os.PathLike, datadir: str | os.PathLike | None = None, apix: float | None = None,
-         check: bool = True) -> str:
-    """The ``cryopose info`` text for any supported file."""
+def info(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
+         apix: float | None = None) -> tuple[str, ParticleTable | None]:
+    """The ``cryopose info`` text for any supported file, and the particle table when it is one."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
     if path.name.lower().endswith(_MRC_SUFFIXES):
-        return describe_mrc(path)
-    return describe_particles(read_particles(path, datadir=datadir, apix=apix), check=check)
+        return describe_mrc(path), None
+    table = read_particles(path, datadir=datadir, apix=apix)
+    return describe_particles(table), table
