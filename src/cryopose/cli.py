@@ -120,7 +120,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
                           box=args.box, datadir=args.datadir, apix=args.apix, invert=args.invert,
                           shifts=args.shifts, device=args.device, seed=args.seed, resume=args.resume,
                           force=args.force, ref=args.ref, checkpoint_minutes=args.checkpoint_minutes,
-                          num_workers=args.workers, semi_amortized=options)
+                          num_workers=args.workers, halves=args.halves, semi_amortized=options)
     print("\n".join(f"{k}: {v}" for k, v in summary.items() if k != "kind"))
 
 
@@ -143,6 +143,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", default=None, help="reference map: log the FSC resolution after each epoch")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint interval (minutes)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--halves", action="store_true",
+                   help="also write map_half1/2.mrc from the even / odd particles at the final poses")
     g = p.add_argument_group("semi-amortized (cryoSPIN)")
     g.add_argument("--heads", type=int, default=7, help="pose heads of the encoder")
     g.add_argument("--epochs-amortized", type=int, default=5, help="epochs of auto-encoding before the switch")
@@ -151,7 +153,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr-decoder", type=float, default=5e-3, help="decoder learning rate, stage 1 (Adam)")
     g.add_argument("--lr-pose", type=float, default=0.05, help="per-particle pose learning rate, stage 2")
     g.add_argument("--loss", default="nll", choices=["nll", "l1"], help="Gaussian NLL or the reference code's L1")
-    g.add_argument("--mantissa-exponent", action="store_true", help="volume as mantissa·exp(exponent)")
+    g.add_argument("--mantissa-exponent", action=argparse.BooleanOptionalAction, default=True,
+                   help="volume as mantissa·exp(exponent) (cryoSPIN §4.3)")
     _add_particle_options(p)
     p.set_defaults(func=_cmd_reconstruct)
 

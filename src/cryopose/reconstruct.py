@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .backproject import backproject_dataset
 from .errors import InputError
 from .evaluate.align import align_maps
 from .evaluate.fsc import fsc, fsc_resolution, soft_sphere_mask
@@ -19,7 +20,7 @@ from .io import read_particles
 from .io.dataset import ParticleDataset
 from .io.mrc import write_map
 from .io.star import write_star
-from .methods.losses import noise_sigma
+from .methods.losses import noise_sigma, signal_shell_rms
 from .methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
 from .train.loop import LoopConfig, train
 from .train.run_dir import MetricsLog, prepare_run_dir, resolve_device
@@ -52,7 +53,8 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
                 epochs: int = 20, batch: int = 32, box: int | None = None, datadir=None, apix: float | None = None,
                 invert: bool = False, shifts: str = "auto", device: str = "auto", seed: int = 0,
                 resume: bool = False, force: bool = False, ref: str | os.PathLike | None = None,
-                checkpoint_minutes: float = 5.0, num_workers: int = 0, semi_amortized: dict | None = None) -> dict:
+                checkpoint_minutes: float = 5.0, num_workers: int = 0, halves: bool = False,
+                semi_amortized: dict | None = None) -> dict:
     """Run ab initio reconstruction; returns a summary (also in the log). See ``cryopose reconstruct --help``."""
     if method not in METHODS:
         raise InputError(None, f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
@@ -72,9 +74,12 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
     t0 = time.time()
 
     sample = np.sort(np.random.default_rng(seed).choice(len(dataset), min(len(dataset), 512), replace=False))
-    sigma = noise_sigma(dataset.__getitems__(sample)["images"])
+    stats = dataset.__getitems__(sample)
+    sigma = noise_sigma(stats["images"])
+    init_rms = signal_shell_rms(stats["images"], stats["ctf"], dataset.pixel_size_A, sigma)
     cfg = SemiAmortizedConfig(**config["semi_amortized"])
-    model = SemiAmortized(cfg, len(dataset), dataset.box, dataset.pixel_size_A, sigma, dev, seed=seed)
+    model = SemiAmortized(cfg, len(dataset), dataset.box, dataset.pixel_size_A, sigma, dev, seed=seed,
+                          init_rms=init_rms)
     reference = None if config["reference"] is None else torch.tensor(
         reference_on_grid(config["reference"], dataset.box, dataset.pixel_size_A)[0])
     hook = epoch_evaluator(run, dataset.pixel_size_A, reference, table.rotations)
@@ -90,6 +95,12 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
     write_star(run / "poses.star", result, comments=[f"cryopose reconstruct --method {method}: estimated poses"])
     summary = {"kind": "done", "seconds": round(time.time() - t0, 1), "map": str(run / "map.mrc"),
                "poses": str(run / "poses.star")}
+    if halves:  # even / odd particles reconstructed at the final poses, as in a gold-standard refinement
+        _, *half_maps = backproject_dataset(dataset, rotations, shift_est, halves=True, device=dev)
+        for i, volume in enumerate(half_maps, 1):
+            write_map(run / f"map_half{i}.mrc", volume.numpy(), dataset.pixel_size_A)
+        curve = fsc(*half_maps, dataset.pixel_size_A, soft_sphere_mask(dataset.box))
+        summary["resolution_halves_0.143_A"] = fsc_resolution(*curve, 0.143)
     last = [r for r in log.records() if r.get("kind") == "epoch"]
     if last:
         summary.update({k: v for k, v in last[-1].items() if k.startswith(("resolution", "pose_error"))})

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..physics.fourier import fft2_centered
+import torch
+
+from ..physics.ctf import CTFParams, compute_ctf
+from ..physics.fourier import fft2_centered, frequency_grid_2d
 from ..physics.projection import circular_mask
 
 
@@ -22,6 +25,25 @@ def noise_sigma(images: Tensor, outer: float = 0.8) -> float:
     ring = circular_mask(box, device=images.device) & ~circular_mask(box, outer * box / 2, device=images.device)
     power = fft2_centered(images).abs().square()[..., ring]
     return float(power.mean().sqrt())
+
+
+def signal_shell_rms(images: Tensor, ctf: CTFParams, pixel_size_A: float, sigma: float) -> Tensor:
+    """RMS of the whitened volume spectrum per frequency shell ``(D//2 + 1,)``, estimated from data.
+
+    By the central-slice theorem a slice coefficient is a volume coefficient times the CTF, so in each shell
+    ``E|Y|² = E[CTF²] · E|V|² + 1`` for whitened spectra ``Y`` of ``images`` ``(B, D, D)``. The estimate is floored
+    at 1 % of its low-frequency maximum (pure-noise shells would otherwise give zero).
+    """
+    box = images.shape[-1]
+    radius = frequency_grid_2d(box, 1.0, device=images.device, dtype=torch.float64).norm(dim=-1) * box
+    shell = torch.round(radius).long().clamp(max=box // 2).flatten()
+    power = (fft2_centered(images).abs().square() / sigma**2).mean(0).flatten().double()
+    ctf2 = compute_ctf(ctf, box, pixel_size_A, dtype=torch.float64).square().mean(0).flatten()
+    count = torch.bincount(shell, minlength=box // 2 + 1).double()
+    signal = (torch.bincount(shell, power, minlength=box // 2 + 1) / count - 1).clamp(min=0)
+    gain = torch.bincount(shell, ctf2, minlength=box // 2 + 1) / count
+    rms = torch.sqrt(signal / gain.clamp(min=1e-3))
+    return rms.clamp(min=0.01 * float(rms[1:].max())).float()
 
 
 def target_spectra(images: Tensor, sigma: float, mask_index: Tensor) -> Tensor:

@@ -30,13 +30,14 @@ class SemiAmortizedConfig:
     heads: int = 7
     switch_epoch: int = 5
     encoder: str = "light"
+    encoder_box: int | None = 64
     lr_encoder: float = 1e-4
     lr_decoder: float = 5e-3
     lr_decoder_direct: float = 2e-3
     lr_pose: float = 0.05
     pose_steps: int = 5
     loss: str = "nll"
-    mantissa_exponent: bool = False
+    mantissa_exponent: bool = True
     shifts: bool = False
     max_shift_A: float | None = None
     radius_px: float | None = None
@@ -50,15 +51,18 @@ class SemiAmortized:
         n_particles, box, pixel_size_A: the data (after any downsampling).
         noise_sigma: noise standard deviation per Fourier coefficient of the normalised images; spectra are
             divided by it, so the volume lives in whitened units.
+        init_rms: starting RMS of the volume's coefficients (whitened units), a number or a radial profile
+            (see :func:`cryopose.methods.losses.signal_shell_rms`).
     """
 
     def __init__(self, cfg: SemiAmortizedConfig, n_particles: int, box: int, pixel_size_A: float,
-                 noise_sigma: float, device: torch.device, seed: int = 0):
+                 noise_sigma: float, device: torch.device, seed: int = 0, init_rms: float | Tensor = 1e-2):
         self.cfg, self.box, self.apix, self.sigma, self.device = cfg, box, pixel_size_A, noise_sigma, device
         torch.manual_seed(seed)
         self.encoder = PoseEncoder(box, heads=cfg.heads, backbone=cfg.encoder, predict_shifts=cfg.shifts,
-                                   max_shift_A=cfg.max_shift_A, pixel_size_A=pixel_size_A).to(device)
-        self.volume = HartleyVolume(box, mantissa_exponent=cfg.mantissa_exponent).to(device)
+                                   max_shift_A=cfg.max_shift_A, pixel_size_A=pixel_size_A,
+                                   input_box=cfg.encoder_box).to(device)
+        self.volume = HartleyVolume(box, mantissa_exponent=cfg.mantissa_exponent, init_rms=init_rms).to(device)
         self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr_encoder)
         self.opt_volume = torch.optim.Adam(self.volume.parameters(), lr=cfg.lr_decoder)
         mask = circular_mask(box, cfg.radius_px, device=device)

@@ -14,6 +14,8 @@ import roma
 import torch
 from torch import Tensor, nn
 
+from ..physics.fourier import fourier_crop2
+
 # widths/convs: conv blocks (3×3 conv → BatchNorm → ReLU, then 2×2 max-pool); grid: side of the adaptive
 # average pool that turns the last feature map into a vector; trunk: shared FC layers; head: per-head hidden FC.
 _BACKBONES = {
@@ -107,11 +109,15 @@ class PoseEncoder(nn.Module):
         predict_shifts: also predict an in-plane shift per head.
         max_shift_A: shift bound in Å (default: a quarter of the box, ``box · pixel_size_A / 4``).
         pixel_size_A: pixel size in Å.
+        input_box: Fourier-crop the images to this box before the backbone (default: ``box``); poses need
+            only low resolution, and the convolutions cost ``input_box²``.
     """
 
     def __init__(self, box: int, heads: int = 7, backbone: str = "light", predict_shifts: bool = False,
-                 max_shift_A: float | None = None, pixel_size_A: float = 1.0):
+                 max_shift_A: float | None = None, pixel_size_A: float = 1.0, input_box: int | None = None):
         super().__init__()
+        self.max_shift_A = box * pixel_size_A / 4 if max_shift_A is None else float(max_shift_A)
+        self.input_box = box = box if input_box is None else min(int(input_box), box)
         if backbone not in _BACKBONES:
             raise ValueError(f"backbone must be one of {sorted(_BACKBONES)}, got {backbone!r}")
         spec = _BACKBONES[backbone]
@@ -119,7 +125,6 @@ class PoseEncoder(nn.Module):
             raise ValueError(f"box {box} is too small for backbone {backbone!r}")
         self.sigmas = spec["sigmas"]
         self.heads, self.predict_shifts = heads, predict_shifts
-        self.max_shift_A = box * pixel_size_A / 4 if max_shift_A is None else float(max_shift_A)
 
         layers: list[nn.Module] = []
         c_in = len(self.sigmas)
@@ -144,7 +149,7 @@ class PoseEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Images ``(B, D, D)`` -> rotations ``(B, H, 3, 3)``, shifts ``(B, H, 2)`` in Å or ``None``."""
-        x = self.backbone(gaussian_pyramid(images, self.sigmas))
+        x = self.backbone(gaussian_pyramid(fourier_crop2(images, self.input_box), self.sigmas))
         for layer in self.head_layers:
             x = torch.relu(layer(x))
         out = self.head_out(x)

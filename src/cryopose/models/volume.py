@@ -17,22 +17,30 @@ class HartleyVolume(nn.Module):
 
     With ``mantissa_exponent=True`` the field is ``H = m · exp(e)`` (cryoSPIN eq. 8, after cryoAI) with ``m``
     and ``e`` both ``(D, D, D)`` parameters. ``e`` starts at the log of the RMS of ``H`` in each frequency shell
-    (or ``log(init_std)``) and ``m = H / exp(e)`` is O(1), so with Adam a step changes each coefficient by a
-    fraction of its own magnitude — the spectrum spans several decades between low and high frequencies.
+    and ``m = H / exp(e)`` is O(1), so with Adam a step changes each coefficient by a fraction of its own
+    magnitude — the spectrum spans several decades between low and high frequencies.
+
+    The field starts as white noise scaled by ``init_rms``: a number, or a radial profile ``(D//2 + 1,)`` per
+    integer frequency shell (e.g. :func:`cryopose.methods.losses.signal_shell_rms` of the data).
     """
 
-    def __init__(self, box: int, *, mantissa_exponent: bool = False, init_std: float = 1e-2, generator=None):
+    def __init__(self, box: int, *, mantissa_exponent: bool = False, init_rms: float | Tensor = 1e-2,
+                 generator=None):
         super().__init__()
         if box % 2:
             raise ValueError(f"box must be even, got {box}")
         self.box = box
         self.mantissa_exponent = mantissa_exponent
         noise = torch.randn((box,) * 3, generator=generator)
+        rms = torch.as_tensor(init_rms, dtype=torch.float32)
+        if rms.ndim:
+            rms = rms[torch.round(radius_grid(box)).long().clamp(max=len(rms) - 1)]
+        scale = torch.log(rms).expand((box,) * 3).clone()
         if mantissa_exponent:
             self.mantissa = nn.Parameter(noise)
-            self.exponent = nn.Parameter(torch.full((box,) * 3, float(torch.log(torch.tensor(init_std)))))
+            self.exponent = nn.Parameter(scale)
         else:
-            self.coefficients = nn.Parameter(noise * init_std)
+            self.coefficients = nn.Parameter(noise * scale.exp())
 
     @classmethod
     def from_map(cls, density: Tensor, *, mantissa_exponent: bool = False) -> "HartleyVolume":

@@ -89,7 +89,7 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
     writes), so a killed run loses at most one interval. ``on_epoch_end(epoch, method)`` may return extra
     metrics (map writing, evaluation against a reference) that go to the log.
     """
-    loop = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0}
+    loop = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "loss_sum": 0.0}
     if resume:
         ckpt = load_checkpoint(run / CHECKPOINT, device)
         method.load_state_dict(ckpt["method"])
@@ -120,6 +120,7 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
             loop["batch"] += 1
             loop["step"] += 1
             loop["seconds"] += time.time() - t0
+            loop["loss_sum"] += metrics.get("loss", 0.0)
             rate = seen / max(time.time() - t_epoch, 1e-9)
             bar.set_postfix(stage=method.stage(epoch), loss=f"{metrics.get('loss', float('nan')):.4g}",
                             img_s=f"{rate:.0f}")
@@ -131,11 +132,12 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
                 last_save = time.time()
         bar.close()
         record = {"kind": "epoch", "epoch": epoch, "stage": method.stage(epoch), "step": loop["step"],
-                  "train_seconds": round(loop["seconds"], 2),
+                  "loss": loop["loss_sum"] / max(loop["batch"], 1), "train_seconds": round(loop["seconds"], 2),
                   "images_per_s": seen / max(time.time() - t_epoch, 1e-9)}
         record.update(method.end_epoch(epoch))
         loop["epoch"] += 1
         loop["batch"] = 0
+        loop["loss_sum"] = 0.0
         if on_epoch_end is not None and cfg.rank == 0:
             record.update(on_epoch_end(epoch, method))
         if cfg.rank == 0:
