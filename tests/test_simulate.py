@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import mrcfile
 import numpy as np
 import pytest
 import torch
@@ -83,6 +84,11 @@ def test_simulated_stack_has_the_requested_snr(tmp_path):
     table = read_particles(tmp_path / "a/particles.star")
     assert len(table) == 400 and table.box == 32 and table.apix == 3.0
     assert table.shifts_A.std() == pytest.approx(1.5 * 3.0, rel=0.15)
+    with mrcfile.open(tmp_path / "a/particles.mrcs", header_only=True) as mrc:  # header statistics of the stream
+        h = mrc.header
+        np.testing.assert_allclose([h.dmin, h.dmax, h.dmean, h.rms], [sa.min(), sa.max(), sa.mean(), sa.std()],
+                                   rtol=1e-5)
+        assert int(h.ispg) == 0 and float(mrc.voxel_size.x) == pytest.approx(3.0)
     with pytest.raises(InputError, match="already holds a simulated data set"):
         simulate(cfg, tmp_path / "a")
 

@@ -107,7 +107,7 @@ def _clean_batches(volume: torch.Tensor, table: ParticleTable, cfg: SimulationCo
 def simulate(cfg: SimulationConfig, out_dir: str | os.PathLike, force: bool = False) -> dict:
     """Simulate a data set into ``out_dir``; returns the summary also written to ``simulation.json``.
 
-    Writes ``particles.mrcs`` (streamed through a memory map, never held in memory), ``particles.star``
+    Writes ``particles.mrcs`` (streamed batch by batch, never held in memory), ``particles.star``
     (RELION 3.1 with the true poses, shifts and CTF; the SNR in its header), ``ground_truth.mrc`` and
     ``simulation.json``. The clean images go to the stack first; their mean variance then sets the one noise
     level that gives exactly the requested SNR, and the noise is added in a second pass over the stack.
@@ -137,19 +137,34 @@ def simulate(cfg: SimulationConfig, out_dir: str | os.PathLike, force: bool = Fa
     noise_rng = torch.Generator().manual_seed(cfg.seed + 1 if cfg.noise_seed is None else cfg.noise_seed)
     with atomic_path(stack) as tmp:
         with mrcfile.new_mmap(tmp, shape=(cfg.n, cfg.box, cfg.box), mrc_mode=2, overwrite=True) as mrc:
-            variance = 0.0  # pass 1: clean images into the memory-mapped stack, and their mean variance
+            mrc.set_image_stack()  # header and a sparse file of the full size; the data go through plain I/O
+            mrc.voxel_size = cfg.apix
+            offset, dtype = mrc.header.nbytes + int(mrc.header.nsymbt), mrc.data.dtype
+        row = cfg.box * cfg.box * dtype.itemsize
+        stats = np.array([np.inf, -np.inf, 0.0, 0.0])  # min, max, sum, sum of squares (header statistics)
+        with open(tmp, "r+b") as f:
+            variance = 0.0  # pass 1: clean images into the stack, and their mean variance
             for start, images in _clean_batches(volume, table, cfg, "projecting"):
-                mrc.data[start:start + len(images)] = images.numpy()
+                f.seek(offset + start * row)
+                f.write(images.numpy().astype(dtype).tobytes())
                 variance += float(images.double().var(dim=(-2, -1)).sum())
             variance /= cfg.n
             sigma = float(np.sqrt(variance / cfg.snr))
             for start in range(0, cfg.n, cfg.batch):  # pass 2: one noise level for the whole data set
-                stop = min(start + cfg.batch, cfg.n)
-                noise = torch.randn((stop - start, cfg.box, cfg.box), generator=noise_rng) * sigma
-                mrc.data[start:stop] += noise.numpy()
-            mrc.set_image_stack()
-            mrc.voxel_size = cfg.apix
-            mrc.update_header_stats()
+                count = min(cfg.batch, cfg.n - start) * cfg.box * cfg.box
+                f.seek(offset + start * row)
+                block = np.fromfile(f, dtype=dtype, count=count)
+                block += (torch.randn(count, generator=noise_rng) * sigma).numpy()
+                f.seek(offset + start * row)
+                f.write(block.tobytes())
+                wide = block.astype(np.float64)
+                stats = np.array([min(stats[0], wide.min()), max(stats[1], wide.max()),
+                                  stats[2] + wide.sum(), stats[3] + np.square(wide).sum()])
+        total = cfg.n * cfg.box * cfg.box
+        with mrcfile.mmap(tmp, mode="r+") as mrc:  # header only: the data pages are never touched
+            mean = stats[2] / total
+            mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = stats[0], stats[1], mean
+            mrc.header.rms = np.sqrt(max(stats[3] / total - mean**2, 0.0))
     summary = {"config": asdict(cfg), "signal_variance": variance, "noise_sigma": sigma,
                "measured_snr": variance / sigma**2, "seconds": round(time.time() - t0, 2),
                "files": {"particles": "particles.mrcs", "star": "particles.star", "truth": "ground_truth.mrc"}}
