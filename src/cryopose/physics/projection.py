@@ -114,25 +114,35 @@ def _corner_weights(frac: Tensor, values: Tensor | None = None) -> Tensor:
     return (wzy[:, :, None, :] * w[0][:, None, :, :]).flatten(1, 2)
 
 
+def _chunks(coords: Tensor, samples: int = 1 << 17) -> tuple[Tensor, ...]:
+    """Coordinates ``(3, B, M)`` split along ``B`` into chunks of about ``samples`` points: the ``8×`` corner
+    tensors of a chunk stay in cache instead of streaming ``8·B·M`` values through memory."""
+    return coords.split(max(1, samples // max(coords.shape[-1], 1)), dim=1)
+
+
 def splat(grids: tuple[Tensor, ...], values: tuple[Tensor, ...], coords: Tensor, size: int) -> None:
     """Scatter-add each ``values[i]`` ``(B, M)`` with trilinear weights at coordinates ``(3, B, M)`` into the
     flat ``size``³ ``grids[i]`` (in place; the adjoint of trilinear sampling)."""
-    idx, frac = _corners(coords, size)
-    idx = idx.reshape(-1)
-    for grid, vals in zip(grids, values):
-        grid.scatter_add_(0, idx, _corner_weights(frac.to(vals.dtype), vals).reshape(-1))
+    start = 0
+    for chunk in _chunks(coords):
+        idx, frac = _corners(chunk, size)
+        idx, rows = idx.reshape(-1), slice(start, start + chunk.shape[1])
+        for grid, vals in zip(grids, values):
+            grid.scatter_add_(0, idx, _corner_weights(frac.to(vals.dtype), vals[rows]).reshape(-1))
+        start += chunk.shape[1]
 
 
 class _TrilinearGather(torch.autograd.Function):
     """Trilinear samples ``(B, M)`` of a flat ``size``³ table (real or complex) at coordinates ``(3, B, M)``.
 
-    All 8 corners must lie inside the table. Corner-major rows (every op runs on contiguous length-M rows);
-    backward scatters into the table and differentiates the weights w.r.t. the coordinates.
+    All 8 corners must lie inside the table. Corner-major rows (every op runs on contiguous length-M rows),
+    processed in cache-sized chunks of slices; backward recomputes the corners (nothing ``8·B·M`` is kept),
+    scatters into the table and differentiates the weights w.r.t. the coordinates.
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, coords: Tensor, size: int) -> Tensor:
-        idx, frac = _corners(coords.detach(), size)
+    def _sample(table: Tensor, coords: Tensor, size: int, derivatives: bool) -> tuple[Tensor, Tensor | None]:
+        idx, frac = _corners(coords, size)
         v = torch.take(table, idx)  # (B, 8, M), corners (dz, dy, dx)
         fx, fy, fz = frac.to(table.dtype)
         fx, fy = fx[:, None], fy[:, None]
@@ -142,24 +152,32 @@ class _TrilinearGather(torch.autograd.Function):
         vy = torch.addcmul(vx[:, 0::2], fy, e)  # (B, 2, M): dz
         dz = vy[:, 1] - vy[:, 0]
         out = torch.addcmul(vy[:, 0], fz, dz)
-        derivs = None
-        if ctx.needs_input_grad[1]:
-            dxy = torch.addcmul(d[:, 0::2], fy, d[:, 1::2] - d[:, 0::2])
-            dx = torch.addcmul(dxy[:, 0], fz, dxy[:, 1] - dxy[:, 0])
-            dy = torch.addcmul(e[:, 0], fz, e[:, 1] - e[:, 0])
-            derivs = torch.stack([dx, dy, dz])  # d out / d (x, y, z)
-        ctx.save_for_backward(idx, frac, derivs)
-        ctx.table_numel = table.numel()
+        if not derivatives:
+            return out, None
+        dxy = torch.addcmul(d[:, 0::2], fy, d[:, 1::2] - d[:, 0::2])
+        dx = torch.addcmul(dxy[:, 0], fz, dxy[:, 1] - dxy[:, 0])
+        dy = torch.addcmul(e[:, 0], fz, e[:, 1] - e[:, 0])
+        return out, torch.stack([dx, dy, dz])  # d out / d (x, y, z)
+
+    @staticmethod
+    def forward(ctx, table: Tensor, coords: Tensor, size: int) -> Tensor:
+        coords = coords.detach()
+        derivatives = ctx.needs_input_grad[1]
+        parts = [_TrilinearGather._sample(table, c, size, derivatives) for c in _chunks(coords)]
+        out = torch.cat([o for o, _ in parts])
+        derivs = torch.cat([g for _, g in parts], dim=1) if derivatives else None
+        ctx.save_for_backward(coords, derivs)
+        ctx.size, ctx.table_numel, ctx.table_dtype = size, table.numel(), table.dtype
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        idx, frac, derivs = ctx.saved_tensors
+        coords, derivs = ctx.saved_tensors
         grad_table = grad_coords = None
         if ctx.needs_input_grad[0]:
-            values = _corner_weights(frac.to(grad.dtype), grad)  # complex throughout (no promotion of 8 B M)
-            grad_table = grad.new_zeros(ctx.table_numel).scatter_add_(0, idx.reshape(-1), values.reshape(-1))
+            grad_table = grad.new_zeros(ctx.table_numel, dtype=ctx.table_dtype)
+            splat((grad_table,), (grad.to(ctx.table_dtype),), coords, ctx.size)
         if ctx.needs_input_grad[1]:
             grad_coords = derivs.conj() * grad  # Re(g · conj(d out / d c)) for complex tables
             grad_coords = grad_coords.real if grad_coords.is_complex() else grad_coords
