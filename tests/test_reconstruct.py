@@ -31,9 +31,9 @@ def _epochs(run):
 def test_run_directory_outputs_and_resume(tiny, tmp_path):
     run = tmp_path / "run"
     reconstruct(tiny / "particles.star", run, epochs=2, batch=16, ref=tiny / "ground_truth.mrc",
-                semi_amortized=FAST)
+                options=FAST)
     config = json.loads((run / "config.json").read_text())
-    assert config["semi_amortized"]["shifts"] is False  # the simulated shifts are all zero
+    assert config["options"]["shifts"] is False  # the simulated shifts are all zero
     assert read_map(run / "map.mrc").data.shape == (32, 32, 32)
     assert sorted(p.name for p in (run / "maps").iterdir()) == ["epoch_001.mrc", "epoch_002.mrc"]
     poses = read_particles(run / "poses.star")
@@ -45,8 +45,8 @@ def test_run_directory_outputs_and_resume(tiny, tmp_path):
     assert len(records[0]["head_share"]) == 3 and sum(records[0]["head_share"]) == pytest.approx(1.0, abs=1e-3)
 
     with pytest.raises(InputError, match="already holds a run"):
-        reconstruct(tiny / "particles.star", run, epochs=2, batch=16, semi_amortized=FAST)
-    reconstruct(tiny / "particles.star", run, epochs=3, batch=16, resume=True, semi_amortized=FAST)
+        reconstruct(tiny / "particles.star", run, epochs=2, batch=16, options=FAST)
+    reconstruct(tiny / "particles.star", run, epochs=3, batch=16, resume=True, options=FAST)
     records = _epochs(run)
     assert [r["epoch"] for r in records] == [0, 1, 2]
     assert (run / "maps/epoch_003.mrc").is_file()
@@ -56,4 +56,26 @@ def test_run_directory_outputs_and_resume(tiny, tmp_path):
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny, tmp_path):
     with pytest.raises(InputError, match="no checkpoint.pt to resume from"):
-        reconstruct(tiny / "particles.star", tmp_path / "empty", epochs=1, resume=True, semi_amortized=FAST)
+        reconstruct(tiny / "particles.star", tmp_path / "empty", epochs=1, resume=True, options=FAST)
+
+
+def test_search_supervised_shares_the_run_directory_and_resumes(tiny, tmp_path):
+    """Cryo2SSNet through the same loop: stages, searched poses better than the encoder's, outputs, resume."""
+    run = tmp_path / "ss"
+    options = {"switch_epoch": 1, "beam_depth": 3, "gd_steps": 5}
+    reconstruct(tiny / "particles.star", run, method="search-supervised", epochs=1, batch=16,
+                ref=tiny / "ground_truth.mrc", options=options)
+    reconstruct(tiny / "particles.star", run, method="search-supervised", epochs=2, batch=16, resume=True,
+                options=options)
+    records = _epochs(run)
+    assert [(r["epoch"], r["stage"]) for r in records] == [(0, "search"), (1, "end-to-end")]
+    assert records[0]["search_gain"] > 0  # the search lowers the data term of the encoder's poses
+    assert json.loads((run / "config.json").read_text())["options"]["beam_depth"] == 3
+    poses = read_particles(run / "poses.star")
+    np.testing.assert_allclose(np.linalg.det(poses.rotations), 1.0, atol=1e-5)
+    assert read_map(run / "map.mrc").data.shape == (32, 32, 32)
+
+
+def test_unknown_method_option_is_a_clear_error(tiny, tmp_path):
+    with pytest.raises(InputError, match="search-supervised"):
+        reconstruct(tiny / "particles.star", tmp_path / "bad", method="search-supervised", options={"heads": 3})

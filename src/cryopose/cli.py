@@ -110,17 +110,32 @@ def _add_backproject(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_backproject)
 
 
+_SA, _SS = ("semi-amortized",), ("search-supervised",)
+_METHOD_OPTIONS = {  # reconstruct flag: (field of the method's config, methods it applies to); None = default
+    "encoder": ("encoder", _SA + _SS), "lr_encoder": ("lr_encoder", _SA + _SS),
+    "lr_decoder": ("lr_decoder", _SA + _SS), "loss": ("loss", _SA + _SS),
+    "mantissa_exponent": ("mantissa_exponent", _SA + _SS), "heads": ("heads", _SA),
+    "epochs_amortized": ("switch_epoch", _SA), "lr_pose": ("lr_pose", _SA),
+    "epochs_search": ("switch_epoch", _SS), "beam_width": ("beam_width", _SS), "beam_depth": ("beam_depth", _SS),
+    "gd_steps": ("gd_steps", _SS), "gd_lr": ("gd_lr", _SS)}
+
+
 def _cmd_reconstruct(args: argparse.Namespace) -> None:
+    from .errors import InputError
     from .reconstruct import reconstruct
 
-    options = {"heads": args.heads, "switch_epoch": args.epochs_amortized, "encoder": args.encoder,
-               "lr_encoder": args.lr_encoder, "lr_decoder": args.lr_decoder, "lr_pose": args.lr_pose,
-               "loss": args.loss, "mantissa_exponent": args.mantissa_exponent}
+    options = {}
+    for flag, (field, methods) in _METHOD_OPTIONS.items():
+        if getattr(args, flag) is None:
+            continue
+        if args.method not in methods:
+            raise InputError(None, f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
+        options[field] = getattr(args, flag)
     summary = reconstruct(args.particles, args.output, method=args.method, epochs=args.epochs, batch=args.batch,
                           box=args.box, datadir=args.datadir, apix=args.apix, invert=args.invert,
                           shifts=args.shifts, device=args.device, seed=args.seed, resume=args.resume,
                           force=args.force, ref=args.ref, checkpoint_minutes=args.checkpoint_minutes,
-                          num_workers=args.workers, halves=args.halves, semi_amortized=options)
+                          num_workers=args.workers, halves=args.halves, options=options)
     print("\n".join(f"{k}: {v}" for k, v in summary.items() if k != "kind"))
 
 
@@ -131,7 +146,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                                    "poses.star (RELION 3.1).")
     p.add_argument("particles", help="particles .star/.cs (with CTF)")
     p.add_argument("-o", "--output", required=True, help="run directory")
-    p.add_argument("--method", default="semi-amortized", choices=["semi-amortized"], help="reconstruction method")
+    p.add_argument("--method", default="semi-amortized", choices=["semi-amortized", "search-supervised"],
+                   help="reconstruction method")
     p.add_argument("--epochs", type=int, default=20, help="total epochs")
     p.add_argument("--batch", type=int, default=32, help="particles per batch")
     p.add_argument("--shifts", default="auto", choices=["auto", "on", "off"],
@@ -145,16 +161,27 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--halves", action="store_true",
                    help="also write map_half1/2.mrc from the even / odd particles at the final poses")
+    g = p.add_argument_group("both methods (default: the method's own, see its config in config.json)")
+    g.add_argument("--encoder", default=None, choices=["light", "paper", "small"],
+                   help="CNN backbone (semi-amortized: light; search-supervised: small, the paper's)")
+    g.add_argument("--lr-encoder", type=float, default=None, help="encoder learning rate (Adam; paper 1e-4)")
+    g.add_argument("--lr-decoder", type=float, default=None,
+                   help="decoder learning rate, stage 1 (Adam; paper 5e-3 semi-amortized, 1e-2 search-supervised)")
+    g.add_argument("--loss", default=None, choices=["nll", "l1"], help="Gaussian NLL (default) or L1 modulus")
+    g.add_argument("--mantissa-exponent", action=argparse.BooleanOptionalAction, default=None,
+                   help="volume as mantissa·exp(exponent) (cryoSPIN §4.3; default on)")
     g = p.add_argument_group("semi-amortized (cryoSPIN)")
-    g.add_argument("--heads", type=int, default=7, help="pose heads of the encoder")
-    g.add_argument("--epochs-amortized", type=int, default=5, help="epochs of auto-encoding before the switch")
-    g.add_argument("--encoder", default="light", choices=["light", "paper"], help="CNN backbone")
-    g.add_argument("--lr-encoder", type=float, default=1e-4, help="encoder learning rate (Adam)")
-    g.add_argument("--lr-decoder", type=float, default=5e-3, help="decoder learning rate, stage 1 (Adam)")
-    g.add_argument("--lr-pose", type=float, default=0.05, help="per-particle pose learning rate, stage 2")
-    g.add_argument("--loss", default="nll", choices=["nll", "l1"], help="Gaussian NLL or the reference code's L1")
-    g.add_argument("--mantissa-exponent", action=argparse.BooleanOptionalAction, default=True,
-                   help="volume as mantissa·exp(exponent) (cryoSPIN §4.3)")
+    g.add_argument("--heads", type=int, default=None, help="pose heads of the encoder (default 7)")
+    g.add_argument("--epochs-amortized", type=int, default=None,
+                   help="epochs of auto-encoding before the switch (default 5)")
+    g.add_argument("--lr-pose", type=float, default=None, help="per-particle pose learning rate, stage 2 (0.05)")
+    g = p.add_argument_group("search-supervised (Cryo2SSNet)")
+    g.add_argument("--epochs-search", type=int, default=None,
+                   help="epochs of search-supervised training before end-to-end training (default 10)")
+    g.add_argument("--beam-width", type=int, default=None, help="cells kept per level, c (default 4)")
+    g.add_argument("--beam-depth", type=int, default=None, help="grid levels searched, i (default 5)")
+    g.add_argument("--gd-steps", type=int, default=None, help="gradient steps after the search, n (default 20)")
+    g.add_argument("--gd-lr", type=float, default=None, help="step size of those gradient steps (default 0.05)")
     _add_particle_options(p)
     p.set_defaults(func=_cmd_reconstruct)
 

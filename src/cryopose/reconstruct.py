@@ -21,11 +21,13 @@ from .io.dataset import ParticleDataset
 from .io.mrc import write_map
 from .io.star import write_star
 from .methods.losses import noise_sigma, signal_shell_rms
+from .methods.search_supervised import SearchSupervised, SearchSupervisedConfig
 from .methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
 from .train.loop import LoopConfig, train
 from .train.run_dir import MetricsLog, prepare_run_dir, resolve_device
 
-METHODS = ("semi-amortized",)
+METHODS = {"semi-amortized": (SemiAmortized, SemiAmortizedConfig),
+           "search-supervised": (SearchSupervised, SearchSupervisedConfig)}
 
 
 def epoch_evaluator(run: Path, apix: float, reference: torch.Tensor | None, truth_rotations: np.ndarray | None):
@@ -54,8 +56,12 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
                 invert: bool = False, shifts: str = "auto", device: str = "auto", seed: int = 0,
                 resume: bool = False, force: bool = False, ref: str | os.PathLike | None = None,
                 checkpoint_minutes: float = 5.0, num_workers: int = 0, halves: bool = False,
-                semi_amortized: dict | None = None) -> dict:
-    """Run ab initio reconstruction; returns a summary (also in the log). See ``cryopose reconstruct --help``."""
+                options: dict | None = None) -> dict:
+    """Run ab initio reconstruction; returns a summary (also in the log). See ``cryopose reconstruct --help``.
+
+    ``options`` are settings of the method's config (:class:`SemiAmortizedConfig`,
+    :class:`SearchSupervisedConfig`); anything not given keeps the method's default.
+    """
     if method not in METHODS:
         raise InputError(None, f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
     dev = resolve_device(device)
@@ -63,12 +69,16 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
     dataset = ParticleDataset(table, box=box, invert=invert)
     if shifts == "auto":  # centred data (shift columns all zero) need no shift search; anything else does
         shifts = "off" if table.shifts_A is not None and not np.any(table.shifts_A) else "on"
-    method_cfg = replace(SemiAmortizedConfig(**(semi_amortized or {})), shifts=shifts == "on")
+    method_cls, config_cls = METHODS[method]
+    try:
+        method_cfg = replace(config_cls(**(options or {})), shifts=shifts == "on")
+    except TypeError as err:
+        raise InputError(None, f"--method {method}: {err}") from None
     config = {"particles": str(Path(particles).resolve()), "method": method, "epochs": epochs, "batch": batch,
               "box": dataset.box, "apix_A": dataset.pixel_size_A, "invert": invert, "seed": seed,
               "device": str(dev), "num_workers": num_workers, "checkpoint_minutes": checkpoint_minutes,
               "reference": None if ref is None else str(Path(ref).resolve()), "datadir": datadir,
-              "semi_amortized": asdict(method_cfg)}
+              "options": asdict(method_cfg)}
     run, config = prepare_run_dir(out, config, resume=resume, force=force)
     log = MetricsLog(run / "log.jsonl")
     t0 = time.time()
@@ -77,9 +87,8 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
     stats = dataset.__getitems__(sample)
     sigma = noise_sigma(stats["images"])
     init_rms = signal_shell_rms(stats["images"], stats["ctf"], dataset.pixel_size_A, sigma)
-    cfg = SemiAmortizedConfig(**config["semi_amortized"])
-    model = SemiAmortized(cfg, len(dataset), dataset.box, dataset.pixel_size_A, sigma, dev, seed=seed,
-                          init_rms=init_rms)
+    model = method_cls(config_cls(**config["options"]), len(dataset), dataset.box, dataset.pixel_size_A, sigma,
+                       dev, seed=seed, init_rms=init_rms)
     reference = None if config["reference"] is None else torch.tensor(
         reference_on_grid(config["reference"], dataset.box, dataset.pixel_size_A)[0])
     hook = epoch_evaluator(run, dataset.pixel_size_A, reference, table.rotations)

@@ -17,10 +17,8 @@ from torch import Tensor
 
 from ..models.encoder import PoseEncoder
 from ..models.poses import PoseTable, RowAdam
-from ..models.volume import HartleyVolume
-from ..physics.fourier import ihartley3_centered
-from ..physics.projection import circular_mask, render
-from .losses import slice_loss, target_spectra
+from .decoder import ExplicitDecoder
+from .losses import target_spectra
 
 
 @dataclass
@@ -43,30 +41,24 @@ class SemiAmortizedConfig:
     radius_px: float | None = None
 
 
-class SemiAmortized:
+class SemiAmortized(ExplicitDecoder):
     """The cryoSPIN method for :func:`cryopose.train.loop.train` (see module docstring).
 
     Args:
         cfg: settings.
-        n_particles, box, pixel_size_A: the data (after any downsampling).
-        noise_sigma: noise standard deviation per Fourier coefficient of the normalised images; spectra are
-            divided by it, so the volume lives in whitened units.
-        init_rms: starting RMS of the volume's coefficients (whitened units), a number or a radial profile
-            (see :func:`cryopose.methods.losses.signal_shell_rms`).
+        n_particles: number of particles; the other arguments as :class:`ExplicitDecoder`.
     """
 
     def __init__(self, cfg: SemiAmortizedConfig, n_particles: int, box: int, pixel_size_A: float,
                  noise_sigma: float, device: torch.device, seed: int = 0, init_rms: float | Tensor = 1e-2):
-        self.cfg, self.box, self.apix, self.sigma, self.device = cfg, box, pixel_size_A, noise_sigma, device
+        self.cfg, self.device = cfg, device
         torch.manual_seed(seed)
         self.encoder = PoseEncoder(box, heads=cfg.heads, backbone=cfg.encoder, predict_shifts=cfg.shifts,
                                    max_shift_A=cfg.max_shift_A, pixel_size_A=pixel_size_A,
                                    input_box=cfg.encoder_box).to(device)
-        self.volume = HartleyVolume(box, mantissa_exponent=cfg.mantissa_exponent, init_rms=init_rms).to(device)
+        super().__init__(box, pixel_size_A, noise_sigma, device, lr=cfg.lr_decoder, init_rms=init_rms,
+                         mantissa_exponent=cfg.mantissa_exponent, loss=cfg.loss, radius_px=cfg.radius_px)
         self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr_encoder)
-        self.opt_volume = torch.optim.Adam(self.volume.parameters(), lr=cfg.lr_decoder)
-        mask = circular_mask(box, cfg.radius_px, device=device)
-        self.mask_index = torch.nonzero(mask.flatten()).squeeze(1)
         self.best_rotations = torch.eye(3, device=device).repeat(n_particles, 1, 1)
         self.best_shifts = torch.zeros(n_particles, 2, device=device)
         self.wins = torch.zeros(cfg.heads, dtype=torch.long, device=device)
@@ -86,15 +78,7 @@ class SemiAmortized:
         """Start auto-decoding: per-particle poses from the best heads, a new pose optimiser, lower decoder lr."""
         self.table = PoseTable(self.best_rotations, self.best_shifts).to(self.device)
         self.opt_pose = RowAdam([self.table.rotvec, self.table.shift], lr=self.cfg.lr_pose)
-        for group in self.opt_volume.param_groups:
-            group["lr"] = self.cfg.lr_decoder_direct
-
-    def _loss(self, rotations: Tensor, shifts: Tensor | None, batch: dict, target: Tensor,
-              volume: Tensor) -> Tensor:
-        """Per-image, per-pose loss ``(B, H)`` for rotations ``(B, H, 3, 3)`` and shifts ``(B, H, 2)``."""
-        spectra = render(volume, rotations, self.apix, ctf=batch["ctf"], shifts_A=shifts, real_space=False)
-        predicted = spectra.flatten(-2)[..., self.mask_index]
-        return slice_loss(predicted, target, self.cfg.loss)
+        self.set_lr(self.cfg.lr_decoder_direct)
 
     def step(self, batch: dict) -> dict[str, float]:
         target = target_spectra(batch["images"], self.sigma, self.mask_index)
@@ -104,7 +88,7 @@ class SemiAmortized:
 
     def _amortized_step(self, batch: dict, target: Tensor) -> dict[str, float]:
         rotations, shifts = self.encoder(batch["images"])
-        losses = self._loss(rotations, shifts, batch, target, self.volume.hartley())  # (B, H)
+        losses = self.pose_loss(rotations, shifts, batch, target, self.volume.hartley())  # (B, H)
         best, winner = losses.min(dim=1)
         loss = best.mean()
         self.opt_encoder.zero_grad(set_to_none=True)
@@ -126,13 +110,13 @@ class SemiAmortized:
         for _ in range(self.cfg.pose_steps):
             rotvec, shift = self.table.leaves(index)
             rotations = self.table.compose(rotvec, index)[:, None]
-            losses = self._loss(rotations, shift[:, None] if self.cfg.shifts else None, batch, target, volume)
+            losses = self.pose_loss(rotations, shift[:, None] if self.cfg.shifts else None, batch, target, volume)
             grads = torch.autograd.grad(losses.sum(), [rotvec, shift], allow_unused=True)
             self.opt_pose.step(index, [grads[0], grads[1] if self.cfg.shifts else None])
         with torch.no_grad():
             rotations = self.table.compose(self.table.rotvec[index], index)[:, None]
             shifts = self.table.shift[index][:, None] if self.cfg.shifts else None
-        loss = self._loss(rotations, shifts, batch, target, self.volume.hartley()).mean()
+        loss = self.pose_loss(rotations, shifts, batch, target, self.volume.hartley()).mean()
         self.opt_volume.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_volume.step()
@@ -145,11 +129,6 @@ class SemiAmortized:
         return {"head_share": [round(s, 4) for s in share]}
 
     # ---------------------------------------------------------------------------------------------- results
-    @torch.no_grad()
-    def density(self) -> Tensor:
-        """The current map ``(D, D, D)`` (arbitrary units, positive density)."""
-        return ihartley3_centered(self.volume.hartley().double() * self.sigma).float()
-
     @torch.no_grad()
     def poses(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Current rotations ``(N, 3, 3)`` and shifts ``(N, 2)`` Å (None without shift estimation)."""
