@@ -66,3 +66,28 @@ def test_search_from_an_initial_pose_recovers_it_from_30_degrees(problem):
     assert err.median() < 2.5 and (err < 5).float().mean() > 0.85
     shallow, _ = grid_search(cost, len(truth), BeamSearchConfig(depth=2), initial=initial)
     assert _errors(shallow, truth).median() > 2 * err.median()  # depth buys precision
+
+
+def test_semi_amortized_switch_search_replaces_wrong_poses(tmp_path):
+    """With ``switch_search`` the first direct-stage step searches the grid under the current map: particles
+    whose best head is wrong (random here) start stage 2 near their true pose."""
+    from cryopose.methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
+    from cryopose.models.poses import PoseTable
+
+    simulate(SimulationConfig(source="demo", box=32, apix=3.0, n=64, snr=1.0, seed=6), tmp_path)
+    table = read_particles(tmp_path / "particles.star")
+    dataset = ParticleDataset(table)
+    batch = dataset.__getitems__(np.arange(64))
+    sigma = noise_sigma(batch["images"])
+    cfg = SemiAmortizedConfig(heads=2, encoder="light", switch_search=True, pose_steps=1, lr_decoder_direct=0.0)
+    method = SemiAmortized(cfg, 64, 32, table.apix, sigma, torch.device("cpu"))
+    truth = torch.tensor(np.array(read_map(tmp_path / "ground_truth.mrc").data), dtype=torch.float64)
+    method.volume.set_hartley(hartley3_centered(truth) / (dataset.std * sigma))  # normalised, whitened units
+    method.best_rotations = roma.random_rotmat(64, generator=torch.Generator().manual_seed(1))
+    method.begin_epoch(cfg.switch_epoch)  # the switch: pose table from the (random) best heads
+    assert isinstance(method.table, PoseTable)
+    before = _errors(method.table.all_rotations(), torch.from_numpy(table.rotations).float())
+    method.step(batch)
+    after = _errors(method.table.all_rotations(), torch.from_numpy(table.rotations).float())
+    assert before.median() > 60 and bool(method.searched.all())
+    assert after.median() < 6 and (after < 15).float().mean() > 0.85  # depth-4 cells are ~4° apart

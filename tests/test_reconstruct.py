@@ -62,7 +62,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny, tmp_path):
 def test_search_supervised_shares_the_run_directory_and_resumes(tiny, tmp_path):
     """Cryo2SSNet through the same loop: stages, searched poses better than the encoder's, outputs, resume."""
     run = tmp_path / "ss"
-    options = {"switch_epoch": 1, "beam_depth": 3, "gd_steps": 5}
+    options = {"switch_epoch": 1, "beam_depth": 3, "gd_steps": 5, "denoiser_steps": 20, "denoise_epochs": 1}
     reconstruct(tiny / "particles.star", run, method="search-supervised", epochs=1, batch=16,
                 ref=tiny / "ground_truth.mrc", options=options)
     reconstruct(tiny / "particles.star", run, method="search-supervised", epochs=2, batch=16, resume=True,
@@ -71,6 +71,9 @@ def test_search_supervised_shares_the_run_directory_and_resumes(tiny, tmp_path):
     assert [(r["epoch"], r["stage"]) for r in records] == [(0, "search"), (1, "end-to-end")]
     assert records[0]["search_gain"] > 0  # the search lowers the data term of the encoder's poses
     assert json.loads((run / "config.json").read_text())["options"]["beam_depth"] == 3
+    pretrain = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
+                if json.loads(line)["kind"] == "pretrain"]
+    assert len(pretrain) == 1 and pretrain[0]["snr"] == pytest.approx(0.5, rel=0.3)  # estimated; simulated 0.5
     poses = read_particles(run / "poses.star")
     np.testing.assert_allclose(np.linalg.det(poses.rotations), 1.0, atol=1e-5)
     assert read_map(run / "map.mrc").data.shape == (32, 32, 32)

@@ -117,7 +117,8 @@ _METHOD_OPTIONS = {  # reconstruct flag: (field of the method's config, methods 
     "mantissa_exponent": ("mantissa_exponent", _SA + _SS), "heads": ("heads", _SA),
     "epochs_amortized": ("switch_epoch", _SA), "lr_pose": ("lr_pose", _SA),
     "epochs_search": ("switch_epoch", _SS), "beam_width": ("beam_width", _SS), "beam_depth": ("beam_depth", _SS),
-    "gd_steps": ("gd_steps", _SS), "gd_lr": ("gd_lr", _SS)}
+    "gd_steps": ("gd_steps", _SS), "gd_lr": ("gd_lr", _SS), "denoiser_factor": ("denoiser_factor", _SS),
+    "denoise_epochs": ("denoise_epochs", _SS), "snr": ("snr", _SS)}
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> None:
@@ -182,6 +183,12 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--beam-depth", type=int, default=None, help="grid levels searched, i (default 5)")
     g.add_argument("--gd-steps", type=int, default=None, help="gradient steps after the search, n (default 20)")
     g.add_argument("--gd-lr", type=float, default=None, help="step size of those gradient steps (default 0.05)")
+    g.add_argument("--denoiser-factor", type=int, default=None,
+                   help="bottleneck factor f of the MLP denoiser; 0 for no denoiser (default 8)")
+    g.add_argument("--denoise-epochs", type=int, default=None,
+                   help="epochs whose search compares denoised images (default: first third of stage 1)")
+    g.add_argument("--snr", type=float, default=None,
+                   help="SNR of the images for the denoiser's loss (default: estimated from the data)")
     _add_particle_options(p)
     p.set_defaults(func=_cmd_reconstruct)
 

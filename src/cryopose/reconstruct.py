@@ -94,6 +94,8 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
     hook = epoch_evaluator(run, dataset.pixel_size_A, reference, table.rotations)
     loop = LoopConfig(epochs=config["epochs"], batch=config["batch"], seed=config["seed"],
                       checkpoint_minutes=config["checkpoint_minutes"], num_workers=config["num_workers"])
+    if isinstance(model, SearchSupervised) and not resume:  # a resumed run has it in its checkpoint
+        log.write(kind="pretrain", **model.pretrain(dataset, seed=seed))
     train(model, dataset, run, loop, dev, log, resume=resume, on_epoch_end=hook)
 
     density = model.density().cpu().numpy()

@@ -6,9 +6,11 @@ better pose under the current volume. The searched pose drives the decoder (data
 supervises the encoder (``λ`` × squared quaternion distance). Stage ``end-to-end``: encoder and decoder are
 trained through the rendered images alone, the decoder learning rate divided by ``decoder_lr_drop``.
 
-Differences from the paper, on purpose: the data term is the Gaussian likelihood on whitened spectra used by
-every cryopose method (equal to an SNR-weighted real-space L2 inside the frequency mask), and there is no
-denoiser yet, so the search compares noisy images with projections.
+During the first ``denoise_epochs`` (default: the first third of stage 1) the search cost is the L2 between the
+denoised image and the denoised projection, with an MLP denoiser pre-trained on the noisy images
+(:mod:`cryopose.models.denoiser`, :meth:`SearchSupervised.pretrain`); afterwards it is the data term itself.
+Difference from the paper, on purpose: the data term is the Gaussian likelihood on whitened spectra used by every
+cryopose method (the SNR-corrected L2 up to scale and constant); the denoiser keeps the paper's loss.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ import roma
 import torch
 from torch import Tensor
 
+from tqdm.auto import tqdm
+
+from ..io.dataset import ParticleDataset, make_loader
+from ..models.denoiser import MLPDenoiser, snr_from_noise, unbiased_l2
 from ..models.encoder import PoseEncoder
+from ..physics.fourier import ifft2_centered
+from ..physics.projection import render
 from .beam_search import BeamSearchConfig, beam_search
 from .decoder import ExplicitDecoder
 from .losses import target_spectra
@@ -46,6 +54,12 @@ class SearchSupervisedConfig:
     shifts: bool = False
     max_shift_A: float | None = None
     radius_px: float | None = None
+    denoiser_factor: int = 8
+    denoiser_steps: int = 7500
+    denoiser_batch: int = 64
+    denoiser_lr: float = 1e-4
+    denoise_epochs: int | None = None
+    snr: float | None = None
 
     def search(self) -> BeamSearchConfig:
         return BeamSearchConfig(self.beam_width, self.beam_depth, self.gd_steps, self.gd_lr)
@@ -79,6 +93,33 @@ class SearchSupervised(ExplicitDecoder):
         self.rotations = torch.eye(3, device=device).repeat(n_particles, 1, 1)
         self.shifts = torch.zeros(n_particles, 2, device=device)
         self.gain = torch.zeros(2, device=device)  # summed (encoder − searched) loss and count, per epoch
+        self.denoiser = MLPDenoiser(box, cfg.denoiser_factor).to(device) if cfg.denoiser_factor > 0 else None
+        self.pretrained = False
+        self.denoising = False
+
+    def pretrain(self, dataset: ParticleDataset, seed: int = 0) -> dict[str, float]:
+        """Train the denoiser on random batches of the noisy images (SNR given, or estimated from the noise
+        level); returns its final loss and the SNR used. Does nothing without a denoiser or when done."""
+        if self.denoiser is None or self.pretrained:
+            return {}
+        gen = torch.Generator().manual_seed(seed)
+        sample = dataset.__getitems__(torch.randperm(len(dataset), generator=gen)[:512].sort().values.numpy())
+        snr = self.cfg.snr or snr_from_noise(sample["images"], self.sigma)
+        opt = torch.optim.Adam(self.denoiser.parameters(), lr=self.cfg.denoiser_lr)
+        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, generator=gen,
+                                                 num_samples=self.cfg.denoiser_steps * self.cfg.denoiser_batch)
+        losses = []
+        for batch in tqdm(make_loader(dataset, self.cfg.denoiser_batch, sampler=sampler), desc="denoiser",
+                          total=self.cfg.denoiser_steps, unit="step", leave=False):
+            images = batch["images"].to(self.device)
+            loss = unbiased_l2(images, self.denoiser(images), snr).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        self.denoiser.requires_grad_(False)
+        self.pretrained = True
+        return {"denoiser_loss": sum(losses[-50:]) / len(losses[-50:]), "snr": snr}
 
     # -------------------------------------------------------------------------------------------- loop hooks
     def stage(self, epoch: int) -> str:
@@ -89,6 +130,8 @@ class SearchSupervised(ExplicitDecoder):
         lr = self.cfg.lr_decoder / (1.0 if self.stage(epoch) == "search" else self.cfg.decoder_lr_drop)
         self.set_lr(lr)
         self.searching = self.stage(epoch) == "search"
+        limit = self.cfg.switch_epoch // 3 if self.cfg.denoise_epochs is None else self.cfg.denoise_epochs
+        self.denoising = self.searching and self.denoiser is not None and epoch < limit
 
     def step(self, batch: dict) -> dict[str, float]:
         target = target_spectra(batch["images"], self.sigma, self.mask_index)
@@ -99,8 +142,15 @@ class SearchSupervised(ExplicitDecoder):
             volume = self.volume.hartley().detach()
             fixed = None if shifts is None else shifts.detach()
 
+            clean = self.denoiser(batch["images"])[:, None] if self.denoising else None
+
             def cost(candidates: Tensor) -> Tensor:  # (B, K, 3, 3) -> (B, K), shifts broadcast over K
-                return self.pose_loss(candidates, fixed, batch, target, volume)
+                if clean is None:
+                    return self.pose_loss(candidates, fixed, batch, target, volume)
+                spectra = render(volume * self.sigma, candidates, self.apix, ctf=batch["ctf"], shifts_A=fixed,
+                                 real_space=False)
+                projections = ifft2_centered(spectra).real  # in the units of the normalised images
+                return (self.denoiser(projections) - clean).square().mean((-2, -1))
 
             searched, searched_cost = beam_search(cost, len(predicted), self.cfg.search(),
                                                   initial=predicted.detach())
@@ -143,7 +193,8 @@ class SearchSupervised(ExplicitDecoder):
         return {"config": asdict(self.cfg), "sigma": self.sigma, "encoder": self.encoder.state_dict(),
                 "volume": self.volume.state_dict(), "opt_encoder": self.opt_encoder.state_dict(),
                 "opt_volume": self.opt_volume.state_dict(), "rotations": self.rotations, "shifts": self.shifts,
-                "gain": self.gain}
+                "gain": self.gain, "pretrained": self.pretrained,
+                "denoiser": None if self.denoiser is None else self.denoiser.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.sigma = state["sigma"]
@@ -154,3 +205,7 @@ class SearchSupervised(ExplicitDecoder):
         self.rotations.copy_(state["rotations"])
         self.shifts.copy_(state["shifts"])
         self.gain.copy_(state["gain"])
+        self.pretrained = state["pretrained"]
+        if self.denoiser is not None:
+            self.denoiser.load_state_dict(state["denoiser"])
+            self.denoiser.requires_grad_(not self.pretrained)

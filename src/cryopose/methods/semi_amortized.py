@@ -5,6 +5,11 @@ rendered in one call (slice → CTF → shift) from the explicit Hartley volume 
 ``min_h L(y, ŷ_h)`` trains encoder and volume. Stage ``direct``: each particle starts from the pose of its best
 head (as last evaluated, in the final amortized epoch) and its axis-angle perturbation and shift are optimised
 with a per-particle Adam (``pose_steps`` steps), then the volume takes one step, for every batch.
+
+With ``switch_search`` (not in the paper) each particle, the first time it is seen after the switch, is also
+searched globally on the Hopf grid under the current map (:func:`cryopose.methods.beam_search.grid_search`) and
+starts from whichever of its best head and the searched pose fits its image better: encoder poses far from the
+right basin cannot be repaired by local pose steps.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import Tensor
 
 from ..models.encoder import PoseEncoder
 from ..models.poses import PoseTable, RowAdam
+from .beam_search import BeamSearchConfig, grid_search
 from .decoder import ExplicitDecoder
 from .losses import target_spectra
 
@@ -39,6 +45,9 @@ class SemiAmortizedConfig:
     shifts: bool = False
     max_shift_A: float | None = None
     radius_px: float | None = None
+    switch_search: bool = False
+    switch_search_width: int = 8
+    switch_search_depth: int = 4
 
 
 class SemiAmortized(ExplicitDecoder):
@@ -61,6 +70,7 @@ class SemiAmortized(ExplicitDecoder):
         self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr_encoder)
         self.best_rotations = torch.eye(3, device=device).repeat(n_particles, 1, 1)
         self.best_shifts = torch.zeros(n_particles, 2, device=device)
+        self.searched = torch.zeros(n_particles, dtype=torch.bool, device=device)
         self.wins = torch.zeros(cfg.heads, dtype=torch.long, device=device)
         self.table: PoseTable | None = None
         self.opt_pose: RowAdam | None = None
@@ -104,9 +114,27 @@ class SemiAmortized(ExplicitDecoder):
             self.wins += torch.bincount(winner, minlength=self.cfg.heads)
         return {"loss": loss.item()}
 
+    @torch.no_grad()
+    def _search_start(self, batch: dict, target: Tensor, index: Tensor, volume: Tensor) -> None:
+        """Global grid search for the batch; each particle keeps the better of it and its current pose."""
+        shifts = self.table.shift[index][:, None] if self.cfg.shifts else None
+
+        def cost(rotations: Tensor) -> Tensor:
+            return self.pose_loss(rotations, shifts, batch, target, volume)
+
+        search = BeamSearchConfig(self.cfg.switch_search_width, self.cfg.switch_search_depth, gd_steps=0)
+        found, found_cost = grid_search(cost, len(index), search, device=self.device)
+        current = self.table.compose(self.table.rotvec[index], index)
+        better = found_cost < cost(current[:, None])[:, 0]
+        self.table.base[index] = torch.where(better[:, None, None], found, current)
+        self.table.rotvec[index] = 0.0
+        self.searched[index] = True
+
     def _direct_step(self, batch: dict, target: Tensor) -> dict[str, float]:
         index = batch["index"].to(self.device)
         volume = self.volume.hartley().detach()
+        if self.cfg.switch_search and not bool(self.searched[index].all()):
+            self._search_start(batch, target, index, volume)
         for _ in range(self.cfg.pose_steps):
             rotvec, shift = self.table.leaves(index)
             rotations = self.table.compose(rotvec, index)[:, None]
@@ -142,7 +170,7 @@ class SemiAmortized(ExplicitDecoder):
         return {"config": asdict(self.cfg), "sigma": self.sigma, "encoder": self.encoder.state_dict(),
                 "volume": self.volume.state_dict(), "opt_encoder": self.opt_encoder.state_dict(),
                 "opt_volume": self.opt_volume.state_dict(), "best_rotations": self.best_rotations,
-                "best_shifts": self.best_shifts, "wins": self.wins,
+                "best_shifts": self.best_shifts, "wins": self.wins, "searched": self.searched,
                 "table": None if self.table is None else self.table.state_dict(),
                 "opt_pose": None if self.opt_pose is None else self.opt_pose.state_dict()}
 
@@ -153,6 +181,7 @@ class SemiAmortized(ExplicitDecoder):
         self.opt_encoder.load_state_dict(state["opt_encoder"])
         self.best_rotations.copy_(state["best_rotations"])
         self.best_shifts.copy_(state["best_shifts"])
+        self.searched.copy_(state["searched"])
         self.wins.copy_(state["wins"])
         if state["table"] is not None:
             self.switch()
