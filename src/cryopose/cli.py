@@ -14,7 +14,11 @@ from collections.abc import Callable
 from . import __version__
 from .errors import InputError
 
-Formatter = argparse.ArgumentDefaultsHelpFormatter
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` ones (their help says what applies)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -115,7 +119,7 @@ _METHOD_OPTIONS = {  # reconstruct flag: (field of the method's config, methods 
     "encoder": ("encoder", _SA + _SS), "lr_encoder": ("lr_encoder", _SA + _SS),
     "lr_decoder": ("lr_decoder", _SA + _SS), "loss": ("loss", _SA + _SS),
     "mantissa_exponent": ("mantissa_exponent", _SA + _SS), "heads": ("heads", _SA),
-    "epochs_amortized": ("switch_epoch", _SA), "lr_pose": ("lr_pose", _SA),
+    "epochs_amortized": ("switch_epoch", _SA), "lr_pose": ("lr_pose", _SA), "switch_search": ("switch_search", _SA),
     "epochs_search": ("switch_epoch", _SS), "beam_width": ("beam_width", _SS), "beam_depth": ("beam_depth", _SS),
     "gd_steps": ("gd_steps", _SS), "gd_lr": ("gd_lr", _SS), "denoiser_factor": ("denoiser_factor", _SS),
     "denoise_epochs": ("denoise_epochs", _SS), "snr": ("snr", _SS)}
@@ -176,6 +180,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--epochs-amortized", type=int, default=None,
                    help="epochs of auto-encoding before the switch (default 5)")
     g.add_argument("--lr-pose", type=float, default=None, help="per-particle pose learning rate, stage 2 (0.05)")
+    g.add_argument("--switch-search", action=argparse.BooleanOptionalAction, default=None,
+                   help="at the switch, also search each particle's pose on the SO(3) grid under the current map "
+                        "and keep the better of it and the best head (not in the paper; default off)")
     g = p.add_argument_group("search-supervised (Cryo2SSNet)")
     g.add_argument("--epochs-search", type=int, default=None,
                    help="epochs of search-supervised training before end-to-end training (default 10)")
@@ -264,8 +271,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_info, _add_simulate, _add_backproject, _add_reconstruct,
-                                                                    _add_evaluate, _add_fsc]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_demo, _add_info, _add_simulate, _add_backproject, _add_reconstruct, _add_evaluate, _add_fsc]
 
 
 def build_parser() -> argparse.ArgumentParser:
