@@ -181,7 +181,7 @@ class SemiAmortized(ExplicitDecoder):
         self.opt_encoder.load_state_dict(state["opt_encoder"])
         self.best_rotations.copy_(state["best_rotations"])
         self.best_shifts.copy_(state["best_shifts"])
-        self.searched.copy_(state["searched"])
+        self.searched.copy_(state.get("searched", torch.zeros_like(self.searched)))  # runs from before the option
         self.wins.copy_(state["wins"])
         if state["table"] is not None:
             self.switch()
