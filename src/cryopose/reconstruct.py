@@ -45,7 +45,8 @@ def epoch_evaluator(run: Path, apix: float, reference: torch.Tensor | None, trut
             record["map_mirrored"] = alignment.mirrored
         if truth_rotations is not None:
             err = pose_error(method.poses()[0], truth_rotations)
-            record.update(pose_error_mean_deg=err.rotation_mean_deg, pose_error_median_deg=err.rotation_median_deg)
+            record.update(pose_error_mean_deg=err.rotation_mean_deg, pose_error_median_deg=err.rotation_median_deg,
+                          pose_within_10deg=err.rotation_within_10deg)
         return record
 
     return hook

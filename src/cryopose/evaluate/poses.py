@@ -3,7 +3,8 @@
 Poses are defined up to one global rotation ``Q`` of the map (and, ab initio, its mirror image): if the map
 is ``Q·V`` the poses are ``R·Qᵀ``. We fit ``Q`` on the right by least squares (Procrustes on SO(3)) for the
 estimated poses and for their mirror ``M R M`` (``M = diag(1, 1, −1)``), keep the better hand, and report
-geodesic errors (degrees) of rotations and of viewing directions (the third row of ``R``).
+geodesic errors (degrees) of rotations and of viewing directions (the third row of ``R``), and the share of
+particles within 10° (a map can be good while most poses are wrong; the median alone hides a correct minority).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class PoseError:
     viewing_mean_deg: float
     viewing_median_deg: float
     mirrored: bool
+    rotation_within_10deg: float = 0.0
     shift_mean_A: float | None = None
     shift_median_A: float | None = None
     n: int = 0
@@ -67,7 +69,7 @@ def pose_error(estimated: np.ndarray, truth: np.ndarray, shifts_est_A: np.ndarra
     view = torch.rad2deg(torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(-1)))
     out = PoseError(rotation_mean_deg=float(err.mean()), rotation_median_deg=float(err.median()),
                     viewing_mean_deg=float(view.mean()), viewing_median_deg=float(view.median()),
-                    mirrored=mirrored, n=len(err))
+                    mirrored=mirrored, rotation_within_10deg=float((err < 10).double().mean()), n=len(err))
     if shifts_est_A is not None and shifts_true_A is not None:
         d = np.linalg.norm(np.asarray(shifts_est_A) - np.asarray(shifts_true_A), axis=1)
         out.shift_mean_A, out.shift_median_A = float(d.mean()), float(np.median(d))

@@ -74,6 +74,7 @@ def _sections(result: dict) -> list[tuple[str, dict[str, str]]]:
             "particles compared": _fmt(poses["n"]),
             "rotation error mean / median":
                 f"{poses['rotation_mean_deg']:.2f}° / {poses['rotation_median_deg']:.2f}°",
+            "particles within 10°": f"{100 * poses['rotation_within_10deg']:.1f} %",
             "viewing-direction error mean / median":
                 f"{poses['viewing_mean_deg']:.2f}° / {poses['viewing_median_deg']:.2f}°",
             "shift error mean / median": "–" if poses["shift_mean_A"] is None else
