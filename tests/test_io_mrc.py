@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import mrcfile
@@ -114,3 +115,30 @@ def test_nan_pixels_and_bad_index_name_the_file(tmp_path):
         reader.read(files, np.array([0, 2]))
     with pytest.raises(InputError, match=r"s.mrcs: image index 5 is beyond the stack of 4"):
         reader.read(files, np.array([0, 4]))
+
+
+def _rss_file_kB() -> int:
+    with open(f"/proc/{os.getpid()}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_stack_reader_memory_stays_bounded(tmp_path):
+    """Reading a whole 48 MiB stack keeps < 16 MiB of it resident with a 4 MiB release budget, and the images
+    read are the ones on disk."""
+    path = tmp_path / "big.mrcs"
+    data = np.random.default_rng(0).standard_normal((768, 128, 128), dtype=np.float32)
+    write_map(path, data, 1.0)
+    del data
+    files = np.array([str(path)] * 64)
+    for budget, bounded in ((4 * 2**20, True), (2**62, False)):
+        reader = StackReader(release_bytes=budget)
+        reader._stack(str(path))
+        before = _rss_file_kB()
+        for start in range(0, 768, 64):
+            images = reader.read(files, np.arange(start, start + 64))
+        grown_MiB = (_rss_file_kB() - before) / 1024
+        assert (grown_MiB < 16) if bounded else (grown_MiB > 40), grown_MiB
+        with mrcfile.open(path) as mrc:
+            np.testing.assert_array_equal(images, mrc.data[704:768])
+        del reader

@@ -6,6 +6,7 @@ and process, memory-mapped, and read a batch at a time; the stack is never loade
 
 from __future__ import annotations
 
+import mmap
 import os
 import warnings
 from dataclasses import dataclass
@@ -133,15 +134,18 @@ class StackReader:
     """Batched reads from many memory-mapped stacks, one open handle per file per process.
 
     ``read(files, indices)`` returns ``(B, D, D)`` float32 images in the order asked for. Handles are reopened
-    after a fork (DataLoader workers), never per item.
+    after a fork (DataLoader workers), never per item. Pages of the maps that have been read are released from
+    the process (``madvise(MADV_DONTNEED)``; they stay in the page cache) every ``release_bytes``, so resident
+    memory stays bounded however large the stacks are.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, release_bytes: int = 256 * 2**20) -> None:
         self._pid = os.getpid()
         self._open: dict[str, np.ndarray] = {}
+        self._release_bytes, self._since_release = release_bytes, 0
 
     def __getstate__(self) -> dict:
-        return {"_pid": -1, "_open": {}}
+        return {"_pid": -1, "_open": {}, "_release_bytes": self._release_bytes, "_since_release": 0}
 
     def _stack(self, path: str) -> np.ndarray:
         if self._pid != os.getpid():
@@ -153,6 +157,17 @@ class StackReader:
                 data = data[None]
             self._open[path] = data
         return data
+
+    def _release(self, nbytes: int) -> None:
+        """Count ``nbytes`` read; past the budget, drop the mapped pages of every open stack."""
+        self._since_release += nbytes
+        if self._since_release < self._release_bytes:
+            return
+        self._since_release = 0
+        for data in self._open.values():
+            mapping = getattr(data, "_mmap", None) or getattr(data.base, "_mmap", None)
+            if isinstance(mapping, mmap.mmap) and hasattr(mapping, "madvise"):
+                mapping.madvise(mmap.MADV_DONTNEED)
 
     def read(self, files: np.ndarray, indices: np.ndarray) -> np.ndarray:
         files = np.asarray(files)
@@ -171,6 +186,7 @@ class StackReader:
                 raise InputError(path, f"box {stack.shape[1:]} differs from {out.shape[1:]} of other stacks")
             order = np.argsort(idx, kind="stable")
             out[rows[order]] = stack[idx[order]]
+        self._release(out.nbytes)
         if not np.all(np.isfinite(out)):
             bad = int(np.flatnonzero(~np.isfinite(out).all(axis=(1, 2)))[0])
             raise InputError(files[bad], f"image {int(indices[bad]) + 1} contains NaN or infinite pixels")
