@@ -15,22 +15,20 @@ cryopose method (the SNR-corrected L2 up to scale and constant); the denoiser ke
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import roma
 import torch
 from torch import Tensor
-
 from tqdm.auto import tqdm
 
 from ..io.dataset import ParticleDataset, make_loader
 from ..models.denoiser import MLPDenoiser, snr_from_noise, unbiased_l2
-from ..models.encoder import PoseEncoder
 from ..physics.fourier import ifft2_centered
 from ..physics.projection import render
+from .autoencoder import EncoderDecoder
 from .beam_search import BeamSearchConfig, beam_search
-from .decoder import ExplicitDecoder
 from .losses import target_spectra
 
 
@@ -72,24 +70,17 @@ def quaternion_loss(r1: Tensor, r2: Tensor) -> Tensor:
     return torch.minimum((q1 - q2).square().sum(-1), (q1 + q2).square().sum(-1))
 
 
-class SearchSupervised(ExplicitDecoder):
+class SearchSupervised(EncoderDecoder):
     """The Cryo2SSNet method for :func:`cryopose.train.loop.train` (see module docstring).
 
     Args:
         cfg: settings.
-        n_particles: number of particles; the other arguments as :class:`ExplicitDecoder`.
+        n_particles: number of particles; the other arguments as :class:`EncoderDecoder`.
     """
 
     def __init__(self, cfg: SearchSupervisedConfig, n_particles: int, box: int, pixel_size_A: float,
                  noise_sigma: float, device: torch.device, seed: int = 0, init_rms: float | Tensor = 1e-2):
-        self.cfg, self.device = cfg, device
-        torch.manual_seed(seed)
-        self.encoder = PoseEncoder(box, heads=1, backbone=cfg.encoder, predict_shifts=cfg.shifts,
-                                   max_shift_A=cfg.max_shift_A, pixel_size_A=pixel_size_A,
-                                   input_box=cfg.encoder_box).to(device)
-        super().__init__(box, pixel_size_A, noise_sigma, device, lr=cfg.lr_decoder, init_rms=init_rms,
-                         mantissa_exponent=cfg.mantissa_exponent, loss=cfg.loss, radius_px=cfg.radius_px)
-        self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr_encoder)
+        super().__init__(cfg, 1, box, pixel_size_A, noise_sigma, device, seed, init_rms)
         self.rotations = torch.eye(3, device=device).repeat(n_particles, 1, 1)
         self.shifts = torch.zeros(n_particles, 2, device=device)
         self.gain = torch.zeros(2, device=device)  # summed (encoder − searched) loss and count, per epoch
@@ -190,18 +181,11 @@ class SearchSupervised(ExplicitDecoder):
                                                        else None)
 
     def state_dict(self) -> dict:
-        return {"config": asdict(self.cfg), "sigma": self.sigma, "encoder": self.encoder.state_dict(),
-                "volume": self.volume.state_dict(), "opt_encoder": self.opt_encoder.state_dict(),
-                "opt_volume": self.opt_volume.state_dict(), "rotations": self.rotations, "shifts": self.shifts,
-                "gain": self.gain, "pretrained": self.pretrained,
+        return {**super().state_dict(), "rotations": self.rotations, "shifts": self.shifts, "gain": self.gain, "pretrained": self.pretrained,
                 "denoiser": None if self.denoiser is None else self.denoiser.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sigma = state["sigma"]
-        self.encoder.load_state_dict(state["encoder"])
-        self.volume.load_state_dict(state["volume"])
-        self.opt_encoder.load_state_dict(state["opt_encoder"])
-        self.opt_volume.load_state_dict(state["opt_volume"])
+        super().load_state_dict(state)
         self.rotations.copy_(state["rotations"])
         self.shifts.copy_(state["shifts"])
         self.gain.copy_(state["gain"])

@@ -14,16 +14,15 @@ right basin cannot be repaired by local pose steps.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..models.encoder import PoseEncoder
 from ..models.poses import PoseTable, RowAdam
+from .autoencoder import EncoderDecoder
 from .beam_search import BeamSearchConfig, grid_search
-from .decoder import ExplicitDecoder
 from .losses import target_spectra
 
 
@@ -50,24 +49,17 @@ class SemiAmortizedConfig:
     switch_search_depth: int = 4
 
 
-class SemiAmortized(ExplicitDecoder):
+class SemiAmortized(EncoderDecoder):
     """The cryoSPIN method for :func:`cryopose.train.loop.train` (see module docstring).
 
     Args:
         cfg: settings.
-        n_particles: number of particles; the other arguments as :class:`ExplicitDecoder`.
+        n_particles: number of particles; the other arguments as :class:`EncoderDecoder`.
     """
 
     def __init__(self, cfg: SemiAmortizedConfig, n_particles: int, box: int, pixel_size_A: float,
                  noise_sigma: float, device: torch.device, seed: int = 0, init_rms: float | Tensor = 1e-2):
-        self.cfg, self.device = cfg, device
-        torch.manual_seed(seed)
-        self.encoder = PoseEncoder(box, heads=cfg.heads, backbone=cfg.encoder, predict_shifts=cfg.shifts,
-                                   max_shift_A=cfg.max_shift_A, pixel_size_A=pixel_size_A,
-                                   input_box=cfg.encoder_box).to(device)
-        super().__init__(box, pixel_size_A, noise_sigma, device, lr=cfg.lr_decoder, init_rms=init_rms,
-                         mantissa_exponent=cfg.mantissa_exponent, loss=cfg.loss, radius_px=cfg.radius_px)
-        self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr_encoder)
+        super().__init__(cfg, cfg.heads, box, pixel_size_A, noise_sigma, device, seed, init_rms)
         self.best_rotations = torch.eye(3, device=device).repeat(n_particles, 1, 1)
         self.best_shifts = torch.zeros(n_particles, 2, device=device)
         self.searched = torch.zeros(n_particles, dtype=torch.bool, device=device)
@@ -167,18 +159,11 @@ class SemiAmortized(ExplicitDecoder):
         return rotations.cpu().double().numpy(), (shifts.cpu().double().numpy() if self.cfg.shifts else None)
 
     def state_dict(self) -> dict:
-        return {"config": asdict(self.cfg), "sigma": self.sigma, "encoder": self.encoder.state_dict(),
-                "volume": self.volume.state_dict(), "opt_encoder": self.opt_encoder.state_dict(),
-                "opt_volume": self.opt_volume.state_dict(), "best_rotations": self.best_rotations,
-                "best_shifts": self.best_shifts, "wins": self.wins, "searched": self.searched,
+        return {**super().state_dict(), "best_rotations": self.best_rotations, "best_shifts": self.best_shifts, "wins": self.wins, "searched": self.searched,
                 "table": None if self.table is None else self.table.state_dict(),
                 "opt_pose": None if self.opt_pose is None else self.opt_pose.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sigma = state["sigma"]
-        self.encoder.load_state_dict(state["encoder"])
-        self.volume.load_state_dict(state["volume"])
-        self.opt_encoder.load_state_dict(state["opt_encoder"])
         self.best_rotations.copy_(state["best_rotations"])
         self.best_shifts.copy_(state["best_shifts"])
         self.searched.copy_(state.get("searched", torch.zeros_like(self.searched)))  # runs from before the option
@@ -187,4 +172,4 @@ class SemiAmortized(ExplicitDecoder):
             self.switch()
             self.table.load_state_dict(state["table"])
             self.opt_pose.load_state_dict(state["opt_pose"])
-        self.opt_volume.load_state_dict(state["opt_volume"])
+        super().load_state_dict(state)  # after the switch, which resets the decoder's learning rate

@@ -1,0 +1,42 @@
+"""What both methods share: a pose encoder on the images and the explicit decoder, built, saved and restored."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+from torch import Tensor
+
+from ..models.encoder import PoseEncoder
+from .decoder import ExplicitDecoder
+
+
+class EncoderDecoder(ExplicitDecoder):
+    """A :class:`PoseEncoder` with ``heads`` heads and its Adam, on top of :class:`ExplicitDecoder`.
+
+    ``cfg`` is a method config with the fields ``encoder``, ``encoder_box``, ``shifts``, ``max_shift_A``,
+    ``lr_encoder``, ``lr_decoder``, ``mantissa_exponent``, ``loss`` and ``radius_px``.
+    """
+
+    def __init__(self, cfg, heads: int, box: int, pixel_size_A: float, noise_sigma: float, device: torch.device,
+                 seed: int, init_rms: float | Tensor):
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(seed)
+        self.encoder = PoseEncoder(box, heads=heads, backbone=cfg.encoder, predict_shifts=cfg.shifts,
+                                   max_shift_A=cfg.max_shift_A, pixel_size_A=pixel_size_A,
+                                   input_box=cfg.encoder_box).to(device)
+        super().__init__(box, pixel_size_A, noise_sigma, device, lr=cfg.lr_decoder, init_rms=init_rms,
+                         mantissa_exponent=cfg.mantissa_exponent, loss=cfg.loss, radius_px=cfg.radius_px)
+        self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr_encoder)
+
+    def state_dict(self) -> dict:
+        return {"config": asdict(self.cfg), "sigma": self.sigma, "encoder": self.encoder.state_dict(),
+                "volume": self.volume.state_dict(), "opt_encoder": self.opt_encoder.state_dict(),
+                "opt_volume": self.opt_volume.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sigma = state["sigma"]
+        self.encoder.load_state_dict(state["encoder"])
+        self.volume.load_state_dict(state["volume"])
+        self.opt_encoder.load_state_dict(state["opt_encoder"])
+        self.opt_volume.load_state_dict(state["opt_volume"])
