@@ -153,8 +153,8 @@ def test_hartley_volume_model(mantissa_exponent):
     model = HartleyVolume.from_map(density, mantissa_exponent=mantissa_exponent)
     assert torch.allclose(model.to_real_space(), density, atol=1e-5)
     rot = roma.random_rotmat(4)
-    assert torch.allclose(model(rot), extract_slices(hartley3_centered(density), rot), atol=1e-4)
-    model(rot).square().sum().backward()
+    assert torch.allclose(extract_slices(model(), rot), extract_slices(hartley3_centered(density), rot), atol=1e-4)
+    extract_slices(model(), rot).square().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert HartleyVolume(8, mantissa_exponent=mantissa_exponent).to_real_space().abs().max() < 1
 

@@ -122,7 +122,7 @@ _METHOD_OPTIONS = {  # reconstruct flag: (field of the method's config, methods 
     "epochs_amortized": ("switch_epoch", _SA), "lr_pose": ("lr_pose", _SA), "switch_search": ("switch_search", _SA),
     "epochs_search": ("switch_epoch", _SS), "beam_width": ("beam_width", _SS), "beam_depth": ("beam_depth", _SS),
     "gd_steps": ("gd_steps", _SS), "gd_lr": ("gd_lr", _SS), "denoiser_factor": ("denoiser_factor", _SS),
-    "denoise_epochs": ("denoise_epochs", _SS), "snr": ("snr", _SS)}
+    "denoise_epochs": ("denoise_epochs", _SS), "denoiser_steps": ("denoiser_steps", _SS), "snr": ("snr", _SS)}
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> None:
@@ -141,20 +141,22 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
                           shifts=args.shifts, device=args.device, seed=args.seed, resume=args.resume,
                           force=args.force, ref=args.ref, checkpoint_minutes=args.checkpoint_minutes,
                           num_workers=args.workers, halves=args.halves, options=options)
-    print("\n".join(f"{k}: {v}" for k, v in summary.items() if k != "kind"))
+    if summary:  # empty on the ranks other than 0 of a torchrun job
+        print("\n".join(f"{k}: {v}" for k, v in summary.items() if k != "kind"))
 
 
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reconstruct", formatter_class=Formatter, help="ab initio map and poses from particles",
                        description="Ab initio reconstruction into a run directory: config.json, log.jsonl, "
                                    "checkpoint.pt (resumable with --resume), maps/epoch_NNN.mrc, map.mrc and "
-                                   "poses.star (RELION 3.1).")
+                                   "poses.star (RELION 3.1). Data-parallel on several GPUs or nodes when started "
+                                   "by torchrun: torchrun --nproc-per-node N -m cryopose reconstruct ...")
     p.add_argument("particles", help="particles .star/.cs (with CTF)")
     p.add_argument("-o", "--output", required=True, help="run directory")
     p.add_argument("--method", default="semi-amortized", choices=["semi-amortized", "search-supervised"],
                    help="reconstruction method")
     p.add_argument("--epochs", type=int, default=20, help="total epochs")
-    p.add_argument("--batch", type=int, default=32, help="particles per batch")
+    p.add_argument("--batch", type=int, default=32, help="particles per batch (of the whole job under torchrun)")
     p.add_argument("--shifts", default="auto", choices=["auto", "on", "off"],
                    help="estimate in-plane shifts (auto: off only when the file's shifts are all zero)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -192,6 +194,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gd-lr", type=float, default=None, help="step size of those gradient steps (default 0.05)")
     g.add_argument("--denoiser-factor", type=int, default=None,
                    help="bottleneck factor f of the MLP denoiser; 0 for no denoiser (default 8)")
+    g.add_argument("--denoiser-steps", type=int, default=None,
+                   help="pre-training steps of the denoiser (batches of 64 images; default 7500)")
     g.add_argument("--denoise-epochs", type=int, default=None,
                    help="epochs whose search compares denoised images (default: first third of stage 1)")
     g.add_argument("--snr", type=float, default=None,

@@ -23,6 +23,7 @@ from .io.star import write_star
 from .methods.losses import noise_sigma, signal_shell_rms
 from .methods.search_supervised import SearchSupervised, SearchSupervisedConfig
 from .methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
+from .train import distributed
 from .train.loop import LoopConfig, train
 from .train.run_dir import MetricsLog, prepare_run_dir, resolve_device
 
@@ -61,11 +62,25 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
     """Run ab initio reconstruction; returns a summary (also in the log). See ``cryopose reconstruct --help``.
 
     ``options`` are settings of the method's config (:class:`SemiAmortizedConfig`,
-    :class:`SearchSupervisedConfig`); anything not given keeps the method's default.
+    :class:`SearchSupervisedConfig`); anything not given keeps the method's default. Started by ``torchrun``,
+    it runs data-parallel (:mod:`cryopose.train.distributed`); ``batch`` is then the batch of the whole job, and
+    ranks other than 0 return an empty summary.
     """
     if method not in METHODS:
         raise InputError(None, f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
-    dev = resolve_device(device)
+    ctx, dev = distributed.init(resolve_device(device))
+    try:
+        return _reconstruct(ctx, dev, particles, out, method=method, epochs=epochs, batch=batch, box=box,
+                            datadir=datadir, apix=apix, invert=invert, shifts=shifts, seed=seed, resume=resume,
+                            force=force, ref=ref, checkpoint_minutes=checkpoint_minutes, num_workers=num_workers,
+                            halves=halves, options=options)
+    finally:
+        ctx.close()
+
+
+def _reconstruct(ctx: distributed.Context, dev: torch.device, particles, out, *, method: str, epochs: int,
+                 batch: int, box, datadir, apix, invert: bool, shifts: str, seed: int, resume: bool, force: bool,
+                 ref, checkpoint_minutes: float, num_workers: int, halves: bool, options: dict | None) -> dict:
     table = read_particles(particles, datadir=datadir, apix=apix)
     dataset = ParticleDataset(table, box=box, invert=invert)
     if shifts == "auto":  # centred data (shift columns all zero) need no shift search; anything else does
@@ -79,8 +94,9 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
               "box": dataset.box, "apix_A": dataset.pixel_size_A, "invert": invert, "seed": seed,
               "device": str(dev), "num_workers": num_workers, "checkpoint_minutes": checkpoint_minutes,
               "reference": None if ref is None else str(Path(ref).resolve()), "datadir": datadir,
-              "options": asdict(method_cfg)}
-    run, config = prepare_run_dir(out, config, resume=resume, force=force)
+              "options": asdict(method_cfg), "processes": ctx.world}
+    config = ctx.on_first(lambda: prepare_run_dir(out, config, resume=resume, force=force)[1])
+    run = Path(out)
     log = MetricsLog(run / "log.jsonl")
     t0 = time.time()
 
@@ -96,8 +112,12 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
     loop = LoopConfig(epochs=config["epochs"], batch=config["batch"], seed=config["seed"],
                       checkpoint_minutes=config["checkpoint_minutes"], num_workers=config["num_workers"])
     if isinstance(model, SearchSupervised) and not resume:  # a resumed run has it in its checkpoint
-        log.write(kind="pretrain", **model.pretrain(dataset, seed=seed))
-    train(model, dataset, run, loop, dev, log, resume=resume, on_epoch_end=hook)
+        record = model.pretrain(dataset, seed=seed, ctx=ctx)
+        if ctx.first:
+            log.write(kind="pretrain", **record)
+    train(model, dataset, run, loop, dev, log, resume=resume, ctx=ctx, on_epoch_end=hook)
+    if not ctx.first:  # rank 0 writes the outputs; every rank holds the merged poses and the same map
+        return {}
 
     density = model.density().cpu().numpy()
     write_map(run / "map.mrc", density, dataset.pixel_size_A)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from .particles import ParticleTable
 
 
 def check_stacks(table: ParticleTable) -> None:
-    """Check that every referenced stack exists, is a complete MRC file of the right box, and holds every index.
+    """Check that every referenced stack exists, is a complete MRC file of the right box, and holds every index;
+    warn when a stack's header pixel size disagrees with the metadata's.
 
     Reads one header per stack file (not per particle); raises :class:`InputError` naming the file.
     """
@@ -32,6 +34,10 @@ def check_stacks(table: ParticleTable) -> None:
                                            f"{info.n_images} images")
         if table.box and info.box != table.box:
             raise InputError(path, f"box {info.box} px differs from the metadata's {table.box} px")
+        apix = float(np.median(table.pixel_size_A)) if len(table) else 0.0
+        if info.voxel_size_A > 0 and apix > 0 and abs(info.voxel_size_A / apix - 1) > 0.01:
+            warnings.warn(f"{path}: header pixel size {info.voxel_size_A:.4g} Å differs from the particles' "
+                          f"{apix:.4g} Å; using {apix:.4g} Å as RELION does (set it with --apix)", stacklevel=2)
 
 
 class ParticleDataset(Dataset):
@@ -100,10 +106,15 @@ def _keep_batch(batch: dict) -> dict:
     return batch
 
 
-def make_loader(dataset: ParticleDataset, batch_size: int, shuffle: bool = False, num_workers: int = 0,
-                seed: int = 0, sampler: Sampler | None = None, drop_last: bool = False) -> DataLoader:
-    """A DataLoader yielding the batch dicts of :class:`ParticleDataset` (reproducible shuffling by ``seed``)."""
+def make_loader(dataset: ParticleDataset, batch_size: int | None = None, shuffle: bool = False,
+                num_workers: int = 0, seed: int = 0, sampler: Sampler | None = None, drop_last: bool = False,
+                batch_sampler: Sampler[list[int]] | None = None) -> DataLoader:
+    """A DataLoader yielding the batch dicts of :class:`ParticleDataset` (reproducible shuffling by ``seed``);
+    ``batch_sampler`` gives the batches themselves instead of ``batch_size``/``sampler``."""
     generator = torch.Generator().manual_seed(seed)
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=_keep_batch,
+                          persistent_workers=num_workers > 0)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
                       sampler=sampler, num_workers=num_workers, collate_fn=_keep_batch, generator=generator,
                       drop_last=drop_last, persistent_workers=num_workers > 0)

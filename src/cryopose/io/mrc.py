@@ -1,18 +1,18 @@
-"""MRC maps and memory-mapped MRC/MRCS image stacks (via mrcfile).
+"""MRC maps and MRC/MRCS image stacks (via mrcfile).
 
 Maps are returned as ``(Z, Y, X)`` float32 arrays with their voxel size in Å. Stacks are opened once per file
-and process, memory-mapped, and read a batch at a time; the stack is never loaded whole.
+and process and read a batch at a time with positional reads; a stack is never loaded or mapped whole.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import mrcfile
+import mrcfile.utils
 import numpy as np
 
 from ..errors import InputError
@@ -103,11 +103,14 @@ def write_map(path: str | os.PathLike, data: np.ndarray, voxel_size_A: float) ->
 
 @dataclass(frozen=True)
 class StackInfo:
-    """Header facts of one image stack: number of images and box (pixels)."""
+    """Header facts of one image stack: number of images, box (pixels), pixel size (Å), and where and how its
+    pixels are stored."""
 
     n_images: int
     box: int
     voxel_size_A: float
+    dtype: np.dtype = np.dtype(np.float32)
+    data_offset: int = 1024
 
 
 def stack_info(path: str | os.PathLike) -> StackInfo:
@@ -118,75 +121,77 @@ def stack_info(path: str | os.PathLike) -> StackInfo:
         nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
         mode, ext = int(h.mode), int(h.nsymbt)
         voxel = float(mrc.voxel_size.x)
+        try:
+            dtype = mrcfile.utils.data_dtype_from_header(h)
+        except ValueError:
+            dtype = None
     if nx != ny:
         raise InputError(path, f"images are not square ({nx} x {ny} px)")
-    itemsize = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}.get(mode)
-    if itemsize is None:
+    if dtype is None or mode not in (0, 1, 2, 6, 12):
         raise InputError(path, f"unsupported MRC mode {mode}")
-    expected = 1024 + ext + nx * ny * nz * itemsize
+    expected = 1024 + ext + nx * ny * nz * dtype.itemsize
     size = path.stat().st_size
     if size < expected:
         raise InputError(path, f"truncated MRC file ({size} bytes, header says {expected})")
-    return StackInfo(n_images=nz, box=nx, voxel_size_A=voxel)
+    return StackInfo(n_images=nz, box=nx, voxel_size_A=voxel, dtype=dtype, data_offset=1024 + ext)
 
 
 class StackReader:
-    """Batched reads from many memory-mapped stacks, one open handle per file per process.
+    """Batched reads from many image stacks, one open file descriptor per file per process.
 
-    ``read(files, indices)`` returns ``(B, D, D)`` float32 images in the order asked for. Handles are reopened
-    after a fork (DataLoader workers), never per item. Pages of the maps that have been read are released from
-    the process (``madvise(MADV_DONTNEED)``; they stay in the page cache) every ``release_bytes``, so resident
-    memory stays bounded however large the stacks are.
+    ``read(files, indices)`` returns ``(B, D, D)`` float32 images in the order asked for. Images are read with
+    positional reads (``os.pread``), a run of consecutive indices in one call; nothing of a stack is mapped into
+    the process, so resident memory is the batch itself however large the stacks are (the kernel's page cache
+    keeps what was read recently, shared by every process). Descriptors are reopened after a fork (DataLoader
+    workers), never per item.
     """
 
-    def __init__(self, release_bytes: int = 256 * 2**20) -> None:
+    def __init__(self) -> None:
         self._pid = os.getpid()
-        self._open: dict[str, np.ndarray] = {}
-        self._release_bytes, self._since_release = release_bytes, 0
+        self._open: dict[str, tuple[int, StackInfo]] = {}
 
     def __getstate__(self) -> dict:
-        return {"_pid": -1, "_open": {}, "_release_bytes": self._release_bytes, "_since_release": 0}
+        return {"_pid": -1, "_open": {}}
 
-    def _stack(self, path: str) -> np.ndarray:
+    def __del__(self) -> None:
+        if getattr(self, "_pid", -1) == os.getpid():
+            for fd, _ in self._open.values():
+                os.close(fd)
+
+    def _stack(self, path: str) -> tuple[int, StackInfo]:
         if self._pid != os.getpid():
             self._open, self._pid = {}, os.getpid()
-        data = self._open.get(path)
-        if data is None:
-            data = _open_mrc(Path(path), opener=mrcfile.mmap).data  # kept open for the process' lifetime
-            if data.ndim == 2:
-                data = data[None]
-            self._open[path] = data
-        return data
-
-    def _release(self, nbytes: int) -> None:
-        """Count ``nbytes`` read; past the budget, drop the mapped pages of every open stack."""
-        self._since_release += nbytes
-        if self._since_release < self._release_bytes:
-            return
-        self._since_release = 0
-        for data in self._open.values():
-            mapping = getattr(data, "_mmap", None) or getattr(data.base, "_mmap", None)
-            if isinstance(mapping, mmap.mmap) and hasattr(mapping, "madvise"):
-                mapping.madvise(mmap.MADV_DONTNEED)
+        stack = self._open.get(path)
+        if stack is None:
+            info = stack_info(path)
+            stack = self._open[path] = (os.open(path, os.O_RDONLY), info)  # kept open for the process' lifetime
+        return stack
 
     def read(self, files: np.ndarray, indices: np.ndarray) -> np.ndarray:
         files = np.asarray(files)
         indices = np.asarray(indices, dtype=np.int64)
-        first = self._stack(str(files[0]))
-        out = np.empty((len(indices),) + first.shape[1:], dtype=np.float32)
+        box = self._stack(str(files[0]))[1].box
+        out = np.empty((len(indices), box, box), dtype=np.float32)
         unique, inverse = np.unique(files, return_inverse=True)
-        for k, path in enumerate(unique):  # one slice per stack file in the batch, not per image
+        for k, path in enumerate(unique):  # one pass per stack file in the batch
             rows = np.flatnonzero(inverse == k)
-            stack = self._stack(str(path))
+            fd, info = self._stack(str(path))
             idx = indices[rows]
-            if idx.max() >= len(stack) or idx.min() < 0:
-                bad = int(idx[(idx >= len(stack)) | (idx < 0)][0])
-                raise InputError(path, f"image index {bad + 1} is beyond the stack of {len(stack)} images")
-            if stack.shape[1:] != out.shape[1:]:
-                raise InputError(path, f"box {stack.shape[1:]} differs from {out.shape[1:]} of other stacks")
+            if idx.max() >= info.n_images or idx.min() < 0:
+                bad = int(idx[(idx >= info.n_images) | (idx < 0)][0])
+                raise InputError(path, f"image index {bad + 1} is beyond the stack of {info.n_images} images")
+            if info.box != box:
+                raise InputError(path, f"box {info.box} px differs from {box} px of other stacks")
             order = np.argsort(idx, kind="stable")
-            out[rows[order]] = stack[idx[order]]
-        self._release(out.nbytes)
+            idx, rows = idx[order], rows[order]
+            image_bytes = box * box * info.dtype.itemsize
+            breaks = np.flatnonzero(np.diff(idx) != 1) + 1  # runs of consecutive images: one read each
+            for run_idx, run_rows in zip(np.split(idx, breaks), np.split(rows, breaks)):
+                size = len(run_idx) * image_bytes
+                raw = os.pread(fd, size, info.data_offset + int(run_idx[0]) * image_bytes)
+                if len(raw) != size:
+                    raise InputError(path, f"truncated MRC file (image {int(run_idx[0]) + 1} cannot be read)")
+                out[run_rows] = np.frombuffer(raw, dtype=info.dtype).reshape(-1, box, box)
         if not np.all(np.isfinite(out)):
             bad = int(np.flatnonzero(~np.isfinite(out).all(axis=(1, 2)))[0])
             raise InputError(files[bad], f"image {int(indices[bad]) + 1} contains NaN or infinite pixels")

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..models.encoder import PoseEncoder
+from ..train.distributed import Context
 from .decoder import ExplicitDecoder
 
 
@@ -28,6 +29,12 @@ class EncoderDecoder(ExplicitDecoder):
         super().__init__(box, pixel_size_A, noise_sigma, device, lr=cfg.lr_decoder, init_rms=init_rms,
                          mantissa_exponent=cfg.mantissa_exponent, loss=cfg.loss, radius_px=cfg.radius_px)
         self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr_encoder)
+        self.encode: torch.nn.Module = self.encoder  # what training calls; a DDP wrapper after distribute()
+
+    def distribute(self, ctx: Context) -> None:
+        """Average the encoder's and the volume's gradients over the ranks of ``ctx``."""
+        super().distribute(ctx)
+        self.encode = ctx.wrap(self.encoder)
 
     def state_dict(self) -> dict:
         return {"config": asdict(self.cfg), "sigma": self.sigma, "encoder": self.encoder.state_dict(),

@@ -8,11 +8,15 @@ from torch import Tensor
 from ..models.volume import HartleyVolume
 from ..physics.fourier import ihartley3_centered
 from ..physics.projection import circular_mask, render
+from ..train.distributed import Context
 from .losses import slice_loss
 
 
 class ExplicitDecoder:
     """Hartley volume in whitened units with its Adam optimiser and the per-pose data term.
+
+    Training steps take the field as ``self.field()`` (gradients averaged over the ranks of a distributed
+    run); pose searches and evaluation, which do not train it, use ``self.volume.hartley()``.
 
     Args:
         box, pixel_size_A: the data (after any downsampling).
@@ -28,8 +32,13 @@ class ExplicitDecoder:
                  radius_px: float | None = None):
         self.box, self.apix, self.sigma, self.loss_kind = box, pixel_size_A, noise_sigma, loss
         self.volume = HartleyVolume(box, mantissa_exponent=mantissa_exponent, init_rms=init_rms).to(device)
+        self.field: torch.nn.Module = self.volume  # what training calls; a DDP wrapper after distribute()
         self.opt_volume = torch.optim.Adam(self.volume.parameters(), lr=lr)
         self.mask_index = torch.nonzero(circular_mask(box, radius_px, device=device).flatten()).squeeze(1)
+
+    def distribute(self, ctx: Context) -> None:
+        """Average the volume's gradients over the ranks of ``ctx`` (call :attr:`field` to train it)."""
+        self.field = ctx.wrap(self.volume)
 
     def set_lr(self, lr: float) -> None:
         for group in self.opt_volume.param_groups:

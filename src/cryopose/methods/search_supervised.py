@@ -27,6 +27,7 @@ from ..io.dataset import ParticleDataset, make_loader
 from ..models.denoiser import MLPDenoiser, snr_from_noise, unbiased_l2
 from ..physics.fourier import ifft2_centered
 from ..physics.projection import render
+from ..train.distributed import Context
 from .autoencoder import EncoderDecoder
 from .beam_search import BeamSearchConfig, beam_search
 from .losses import target_spectra
@@ -88,22 +89,24 @@ class SearchSupervised(EncoderDecoder):
         self.pretrained = False
         self.denoising = False
 
-    def pretrain(self, dataset: ParticleDataset, seed: int = 0) -> dict[str, float]:
+    def pretrain(self, dataset: ParticleDataset, seed: int = 0, ctx: Context = Context()) -> dict[str, float]:
         """Train the denoiser on random batches of the noisy images (SNR given, or estimated from the noise
-        level); returns its final loss and the SNR used. Does nothing without a denoiser or when done."""
+        level); returns its final loss and the SNR used. Does nothing without a denoiser or when done.
+        In a distributed run each rank takes its share of every batch (as the training loop does)."""
         if self.denoiser is None or self.pretrained:
             return {}
         gen = torch.Generator().manual_seed(seed)
         sample = dataset.__getitems__(torch.randperm(len(dataset), generator=gen)[:512].sort().values.numpy())
         snr = self.cfg.snr or snr_from_noise(sample["images"], self.sigma)
+        net = ctx.wrap(self.denoiser)
         opt = torch.optim.Adam(self.denoiser.parameters(), lr=self.cfg.denoiser_lr)
-        sampler = torch.utils.data.RandomSampler(dataset, replacement=True, generator=gen,
-                                                 num_samples=self.cfg.denoiser_steps * self.cfg.denoiser_batch)
+        draws = torch.randint(len(dataset), (self.cfg.denoiser_steps, self.cfg.denoiser_batch), generator=gen)
+        batches = draws[:, ctx.rank::ctx.world].tolist()  # each rank its share of every batch of the job
         losses = []
-        for batch in tqdm(make_loader(dataset, self.cfg.denoiser_batch, sampler=sampler), desc="denoiser",
+        for drawn in tqdm(make_loader(dataset, batch_sampler=batches), desc="denoiser", disable=not ctx.first,
                           total=self.cfg.denoiser_steps, unit="step", leave=False):
-            images = batch["images"].to(self.device)
-            loss = unbiased_l2(images, self.denoiser(images), snr).mean()
+            images = drawn["images"].to(self.device)
+            loss = unbiased_l2(images, net(images), snr).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -126,7 +129,7 @@ class SearchSupervised(EncoderDecoder):
 
     def step(self, batch: dict) -> dict[str, float]:
         target = target_spectra(batch["images"], self.sigma, self.mask_index)
-        rotations, shifts = self.encoder(batch["images"])  # (B, 1, 3, 3), (B, 1, 2) | None
+        rotations, shifts = self.encode(batch["images"])  # (B, 1, 3, 3), (B, 1, 2) | None
         predicted = rotations[:, 0]
         loss_enc = torch.zeros((), device=self.device)
         if self.searching:
@@ -150,10 +153,10 @@ class SearchSupervised(EncoderDecoder):
                                           torch.tensor(float(len(predicted)), device=self.device)])
             loss_enc = self.cfg.supervision_weight * quaternion_loss(predicted, searched).mean()
             # shifts are not searched: the encoder's shift head learns through the data term
-            data = self.pose_loss(searched[:, None], shifts, batch, target, self.volume.hartley()).mean()
+            data = self.pose_loss(searched[:, None], shifts, batch, target, self.field()).mean()
             poses = searched
         else:
-            data = self.pose_loss(rotations, shifts, batch, target, self.volume.hartley()).mean()
+            data = self.pose_loss(rotations, shifts, batch, target, self.field()).mean()
             poses = predicted.detach()
         loss = data + loss_enc
         self.opt_encoder.zero_grad(set_to_none=True)
@@ -180,8 +183,16 @@ class SearchSupervised(EncoderDecoder):
         return self.rotations.cpu().double().numpy(), (self.shifts.cpu().double().numpy() if self.cfg.shifts
                                                        else None)
 
+    def particle_state(self) -> list[Tensor]:
+        """Every ``(N, ...)`` tensor a step updates by particle (merged across ranks in distributed runs)."""
+        return [self.rotations, self.shifts]
+
+    def counters(self) -> list[Tensor]:
+        return [self.gain]
+
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "rotations": self.rotations, "shifts": self.shifts, "gain": self.gain, "pretrained": self.pretrained,
+        return {**super().state_dict(), "rotations": self.rotations, "shifts": self.shifts, "gain": self.gain,
+                "pretrained": self.pretrained,
                 "denoiser": None if self.denoiser is None else self.denoiser.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:

@@ -89,8 +89,8 @@ class SemiAmortized(EncoderDecoder):
         return self._direct_step(batch, target)
 
     def _amortized_step(self, batch: dict, target: Tensor) -> dict[str, float]:
-        rotations, shifts = self.encoder(batch["images"])
-        losses = self.pose_loss(rotations, shifts, batch, target, self.volume.hartley())  # (B, H)
+        rotations, shifts = self.encode(batch["images"])
+        losses = self.pose_loss(rotations, shifts, batch, target, self.field())  # (B, H)
         best, winner = losses.min(dim=1)
         loss = best.mean()
         self.opt_encoder.zero_grad(set_to_none=True)
@@ -136,7 +136,7 @@ class SemiAmortized(EncoderDecoder):
         with torch.no_grad():
             rotations = self.table.compose(self.table.rotvec[index], index)[:, None]
             shifts = self.table.shift[index][:, None] if self.cfg.shifts else None
-        loss = self.pose_loss(rotations, shifts, batch, target, self.volume.hartley()).mean()
+        loss = self.pose_loss(rotations, shifts, batch, target, self.field()).mean()
         self.opt_volume.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_volume.step()
@@ -158,8 +158,20 @@ class SemiAmortized(EncoderDecoder):
             rotations, shifts = self.table.all_rotations(), self.table.shift
         return rotations.cpu().double().numpy(), (shifts.cpu().double().numpy() if self.cfg.shifts else None)
 
+    def particle_state(self) -> list[Tensor]:
+        """Every ``(N, ...)`` tensor a step updates by particle (merged across ranks in distributed runs)."""
+        rows = [self.best_rotations, self.best_shifts, self.searched]
+        if self.table is not None:
+            rows += [self.table.base, self.table.rotvec, self.table.shift, *self.opt_pose.exp_avg,
+                     *self.opt_pose.exp_avg_sq, self.opt_pose.steps]
+        return rows
+
+    def counters(self) -> list[Tensor]:
+        return [self.wins]
+
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "best_rotations": self.best_rotations, "best_shifts": self.best_shifts, "wins": self.wins, "searched": self.searched,
+        return {**super().state_dict(), "best_rotations": self.best_rotations, "best_shifts": self.best_shifts,
+                "wins": self.wins, "searched": self.searched,
                 "table": None if self.table is None else self.table.state_dict(),
                 "opt_pose": None if self.opt_pose is None else self.opt_pose.state_dict()}
 

@@ -6,11 +6,11 @@ import torch
 from torch import Tensor, nn
 
 from ..physics.fourier import hartley3_centered, ihartley3_centered, radius_grid
-from ..physics.projection import extract_slices
 
 
 class HartleyVolume(nn.Module):
-    """Centred Hartley coefficients ``H`` ``(D, D, D)`` of a real map, sliced by :func:`extract_slices`.
+    """Centred Hartley coefficients ``H`` ``(D, D, D)`` of a real map, sliced by
+    :func:`~cryopose.physics.projection.extract_slices`.
 
     Storing real Hartley coefficients keeps the model Hermitian by construction: every slice converts to a
     spectrum ``F(k) = (H(k) + H(−k))/2 − i (H(k) − H(−k))/2`` with ``F(−k) = F(k)*``, i.e. of a real image.
@@ -66,9 +66,9 @@ class HartleyVolume(nn.Module):
         """The Hartley field ``(D, D, D)``."""
         return self.mantissa * torch.exp(self.exponent) if self.mantissa_exponent else self.coefficients
 
-    def forward(self, rotations: Tensor, *, radius: float | None = None, output: str = "hartley") -> Tensor:
-        """Slices ``(..., D, D)`` for rotations ``(..., 3, 3)`` (see :func:`extract_slices`)."""
-        return extract_slices(self.hartley(), rotations, radius=radius, output=output)
+    def forward(self) -> Tensor:
+        """The Hartley field ``(D, D, D)`` (calling the module, e.g. through a DDP wrapper, gives it)."""
+        return self.hartley()
 
     def to_real_space(self) -> Tensor:
         """The real-space map ``(D, D, D)`` (voxel units)."""

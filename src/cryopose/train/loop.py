@@ -3,6 +3,8 @@
 A method (see :class:`Method`) supplies ``begin_epoch`` (stage switches), ``step`` (one batch), ``end_epoch``
 and its state; the loop owns the order of particles, the clock, the log and the checkpoints. Particle order is a
 pure function of (seed, epoch), so a resumed run replays the same batches from where the checkpoint was taken.
+In a distributed run (:mod:`cryopose.train.distributed`) each rank trains on its own shard of the particles
+with the same number of batches per epoch; rank 0 logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..io.dataset import ParticleDataset, make_loader
 from ..physics.ctf import CTFParams
+from .distributed import Context
 from .run_dir import CHECKPOINT, MetricsLog, load_checkpoint, save_checkpoint
 
 
@@ -43,6 +46,12 @@ class Method(Protocol):
 
     def load_state_dict(self, state: dict) -> None: ...
 
+    def distribute(self, ctx: Context) -> None: ...
+
+    def particle_state(self) -> list[Tensor]: ...
+
+    def counters(self) -> list[Tensor]: ...
+
 
 @dataclass
 class LoopConfig:
@@ -52,22 +61,38 @@ class LoopConfig:
     checkpoint_minutes: float = 5.0
     log_every: int = 20
     num_workers: int = 0
-    rank: int = 0
-    world: int = 1
 
 
-class EpochSampler(Sampler[int]):
-    """This rank's particles for one epoch, in a (seed, epoch)-determined order, from position ``start``."""
+class EpochBatches(Sampler[list[int]]):
+    """This rank's batches for one epoch, from batch ``start`` on.
 
-    def __init__(self, n: int, epoch: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        self.indices = order[rank::world][start:].tolist()
+    The epoch's order is a function of (seed, epoch) only and is cut into ``ceil(n / batch)`` batches of the
+    whole job; rank ``r`` of ``world`` takes every ``world``-th particle of each. A job of any size therefore
+    sees the same batches as a single process, and DDP's averaged gradient is the single process's gradient.
+    """
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
+    def __init__(self, n: int, batch: int, epoch: int, seed: int, start: int = 0, ctx: Context = Context()):
+        if batch < ctx.world:
+            raise ValueError(f"a batch of {batch} cannot be shared by {ctx.world} processes")
+        self.n, self.world = n, ctx.world
+        self.order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        self.sizes = [len(b) for b in torch.tensor_split(self.order, -(-n // batch))]
+        self.count = len(self.sizes)
+        self.batches = [b[ctx.rank::ctx.world].tolist() for b in torch.split(self.order, self.sizes)][start:]
+
+    def owner(self) -> Tensor:
+        """``(N,)`` the rank that processes each particle this epoch (it alone updates the particle's state)."""
+        sizes = torch.tensor(self.sizes)
+        starts = torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
+        owner = torch.empty(self.n, dtype=torch.long)
+        owner[self.order] = (torch.arange(self.n) - starts) % self.world
+        return owner
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.batches)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -81,13 +106,14 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, device: torch.device,
-          log: MetricsLog, *, resume: bool = False,
+          log: MetricsLog, *, resume: bool = False, ctx: Context = Context(),
           on_epoch_end: Callable[[int, Method], dict] | None = None) -> None:
     """Run ``method`` over ``dataset`` for ``cfg.epochs`` epochs, resuming from ``run/checkpoint.pt`` if asked.
 
     Checkpoints are written every ``cfg.checkpoint_minutes`` and at the end of every epoch (only rank 0
     writes), so a killed run loses at most one interval. ``on_epoch_end(epoch, method)`` may return extra
-    metrics (map writing, evaluation against a reference) that go to the log.
+    metrics (map writing, evaluation against a reference) that go to the log; it runs on rank 0 only.
+    ``cfg.batch`` is the batch of the whole job: each of the ``ctx.world`` ranks takes ``batch / world`` of it.
     """
     loop = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "loss_sum": 0.0}
     if resume:
@@ -95,10 +121,24 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
         method.load_state_dict(ckpt["method"])
         loop = ckpt["loop"]
         torch.set_rng_state(ckpt["rng"])
-        log.write(kind="resume", **loop)
+        if ctx.first:
+            log.write(kind="resume", **loop)
+        else:  # rank 0's checkpoint holds the job's running sums
+            loop["loss_sum"] = 0.0
+            for counter in method.counters():
+                counter.zero_()
+    method.distribute(ctx)
+
+    def synchronise() -> None:
+        """Merge the ranks' per-particle rows and running sums (collective: every rank calls it)."""
+        ctx.merge_rows_(method.particle_state(), sampler.owner() if ctx.world > 1 else None)
+        sums = method.counters() + [torch.tensor([loop["loss_sum"]], dtype=torch.float64, device=device)]
+        ctx.collect_(sums)
+        loop["loss_sum"] = float(sums[-1])
 
     def checkpoint() -> None:
-        if cfg.rank == 0:
+        synchronise()
+        if ctx.first:
             save_checkpoint(run / CHECKPOINT, {"method": method.state_dict(), "loop": dict(loop),
                                                "rng": torch.get_rng_state()})
 
@@ -106,11 +146,10 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
     while loop["epoch"] < cfg.epochs:
         epoch = loop["epoch"]
         method.begin_epoch(epoch)
-        sampler = EpochSampler(len(dataset), epoch, cfg.seed, loop["batch"] * cfg.batch, cfg.rank, cfg.world)
-        loader = make_loader(dataset, cfg.batch, sampler=sampler, num_workers=cfg.num_workers)
-        total = -(-len(dataset) // cfg.world // cfg.batch)
-        bar = tqdm(loader, total=total, initial=loop["batch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   unit="batch", disable=cfg.rank != 0, leave=False)
+        sampler = EpochBatches(len(dataset), cfg.batch, epoch, cfg.seed, loop["batch"], ctx)
+        loader = make_loader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers)
+        bar = tqdm(loader, total=sampler.count, initial=loop["batch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   unit="batch", disable=not ctx.first, leave=False)
         t_epoch, seen = time.time(), 0
         for batch in bar:
             t0 = time.time()
@@ -121,26 +160,28 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
             loop["step"] += 1
             loop["seconds"] += time.time() - t0
             loop["loss_sum"] += metrics.get("loss", 0.0)
-            rate = seen / max(time.time() - t_epoch, 1e-9)
+            rate = seen * ctx.world / max(time.time() - t_epoch, 1e-9)
             bar.set_postfix(stage=method.stage(epoch), loss=f"{metrics.get('loss', float('nan')):.4g}",
                             img_s=f"{rate:.0f}")
-            if loop["step"] % cfg.log_every == 0 and cfg.rank == 0:
+            if loop["step"] % cfg.log_every == 0 and ctx.first:
                 log.write(kind="step", epoch=epoch, step=loop["step"], stage=method.stage(epoch),
                           images_per_s=rate, **metrics)
-            if time.time() - last_save > 60 * cfg.checkpoint_minutes:
+            if ctx.agree(time.time() - last_save > 60 * cfg.checkpoint_minutes):
                 checkpoint()
                 last_save = time.time()
         bar.close()
+        synchronise()
         record = {"kind": "epoch", "epoch": epoch, "stage": method.stage(epoch), "step": loop["step"],
-                  "loss": loop["loss_sum"] / max(loop["batch"], 1), "train_seconds": round(loop["seconds"], 2),
-                  "images_per_s": seen / max(time.time() - t_epoch, 1e-9)}
+                  "loss": loop["loss_sum"] / max(loop["batch"] * ctx.world, 1),
+                  "train_seconds": round(loop["seconds"], 2),
+                  "images_per_s": seen * ctx.world / max(time.time() - t_epoch, 1e-9)}
         record.update(method.end_epoch(epoch))
         loop["epoch"] += 1
         loop["batch"] = 0
         loop["loss_sum"] = 0.0
-        if on_epoch_end is not None and cfg.rank == 0:
-            record.update(on_epoch_end(epoch, method))
-        if cfg.rank == 0:
+        if ctx.first:
+            if on_epoch_end is not None:
+                record.update(on_epoch_end(epoch, method))
             log.write(**record)
         checkpoint()
         last_save = time.time()

@@ -11,15 +11,17 @@ Layout (DESIGN §1)::
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..io.atomic import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
@@ -51,8 +53,8 @@ def prepare_run_dir(path: str | os.PathLike, config: dict, *, resume: bool, forc
         old = json.loads(saved.read_text())
         if old.get("particles") != config.get("particles"):
             raise InputError(run, f"was run on {old.get('particles')}, not {config.get('particles')}")
-        for key in ("epochs", "device", "num_workers"):  # what a resumed run may change
-            old[key] = config[key]
+        for key in ("epochs", "device", "num_workers", "processes"):  # what a resumed run may change
+            old[key] = config.get(key)
         config = old
     elif saved.exists():
         if not force:
@@ -76,23 +78,43 @@ class MetricsLog:
 
     def write(self, **record) -> None:
         record.setdefault("time", round(time.time(), 3))
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, default=float) + "\n")
+        line = json.dumps(record, default=float) + "\n"
+        try:
+            with open(self.path, "a+b") as f:
+                if f.seek(0, os.SEEK_END):
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":  # a line cut short (full disk, kill) stays on its own
+                        line = "\n" + line
+                f.write(line.encode())
+        except OSError as err:
+            raise OutputError(self.path, f"cannot write ({err.strerror or err})") from err
 
     def records(self) -> list[dict]:
+        """The records written; a line cut short (a full disk, a kill mid-write) is skipped."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` to a temporary file, then rename: the previous checkpoint survives a crash."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Serialise in memory, write and fsync a temporary file, then rename: the previous checkpoint survives a
+    crash or a full disk (which raises :class:`~cryopose.errors.OutputError`, not torch's zip-writer error)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
     try:
         return torch.load(path, map_location=device, weights_only=False)
-    except (OSError, RuntimeError, EOFError) as err:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
         raise InputError(path, f"cannot read the checkpoint ({err})") from err
