@@ -111,3 +111,5 @@ def test_damaged_run_directory(data, tmp_path):
     shutil.copy(data / "particles.star", other)
     _one_error_line(_reconstruct(other, run, "--resume", "--datadir", str(data)), "was run on")
     _one_error_line(_reconstruct(data / "particles.star", run), "already holds a run")
+    _one_error_line(_reconstruct(data / "particles.star", run / "config.json" / "run"),
+                    "cannot create the run directory (Not a directory)")

@@ -94,7 +94,7 @@ def test_truncated_and_corrupt_files(shared_data, tmp_path):
     garbage.write_bytes(np.random.default_rng(1).bytes(5000))
     with pytest.raises(InputError, match="garbage.mrc: not a readable MRC file"):
         read_map(garbage)
-    with pytest.raises(InputError, match="garbage.mrc"):
+    with pytest.raises(InputError, match="garbage.mrc: not a readable MRC file"):
         stack_info(garbage)
     with pytest.raises(InputError, match="file not found"):
         read_map(tmp_path / "absent.mrc")

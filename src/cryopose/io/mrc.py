@@ -125,6 +125,8 @@ def stack_info(path: str | os.PathLike) -> StackInfo:
             dtype = mrcfile.utils.data_dtype_from_header(h)
         except ValueError:
             dtype = None
+    if not (0 < nx <= 2**16 and 0 < ny <= 2**16 and 0 <= nz < 2**31):
+        raise InputError(path, f"not a readable MRC file (header dimensions {nx} x {ny} x {nz})")
     if nx != ny:
         raise InputError(path, f"images are not square ({nx} x {ny} px)")
     if dtype is None or mode not in (0, 1, 2, 6, 12):

@@ -62,8 +62,10 @@ def prepare_run_dir(path: str | os.PathLike, config: dict, *, resume: bool, forc
         for name in _OWNED:
             target = run / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "maps").mkdir(exist_ok=True)
+    try:
+        (run / "maps").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(run, f"cannot create the run directory ({err.strerror or err})") from err
     with atomic_path(saved) as tmp:
         tmp.write_text(json.dumps(config, indent=2, default=str))
     return run, config
