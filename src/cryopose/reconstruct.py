@@ -68,73 +68,61 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
     """
     if method not in METHODS:
         raise InputError(None, f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
-    ctx, dev = distributed.init(resolve_device(device))
-    try:
-        return _reconstruct(ctx, dev, particles, out, method=method, epochs=epochs, batch=batch, box=box,
-                            datadir=datadir, apix=apix, invert=invert, shifts=shifts, seed=seed, resume=resume,
-                            force=force, ref=ref, checkpoint_minutes=checkpoint_minutes, num_workers=num_workers,
-                            halves=halves, options=options)
-    finally:
-        ctx.close()
+    with distributed.session(resolve_device(device)) as (ctx, dev):
+        table = read_particles(particles, datadir=datadir, apix=apix)
+        dataset = ParticleDataset(table, box=box, invert=invert)
+        if shifts == "auto":  # centred data (shift columns all zero) need no shift search; anything else does
+            shifts = "off" if table.shifts_A is not None and not np.any(table.shifts_A) else "on"
+        method_cls, config_cls = METHODS[method]
+        try:
+            method_cfg = replace(config_cls(**(options or {})), shifts=shifts == "on")
+        except TypeError as err:
+            raise InputError(None, f"--method {method}: {err}") from None
+        config = {"particles": str(Path(particles).resolve()), "method": method, "epochs": epochs, "batch": batch,
+                  "box": dataset.box, "apix_A": dataset.pixel_size_A, "invert": invert, "seed": seed,
+                  "device": str(dev), "num_workers": num_workers, "checkpoint_minutes": checkpoint_minutes,
+                  "reference": None if ref is None else str(Path(ref).resolve()), "datadir": datadir,
+                  "options": asdict(method_cfg), "processes": ctx.world}
+        config = ctx.on_first(lambda: prepare_run_dir(out, config, resume=resume, force=force)[1])
+        run = Path(out)
+        log = MetricsLog(run / "log.jsonl")
+        t0 = time.time()
 
+        sample = np.sort(np.random.default_rng(seed).choice(len(dataset), min(len(dataset), 512), replace=False))
+        stats = dataset.__getitems__(sample)
+        sigma = noise_sigma(stats["images"])
+        init_rms = signal_shell_rms(stats["images"], stats["ctf"], dataset.pixel_size_A, sigma)
+        model = method_cls(config_cls(**config["options"]), len(dataset), dataset.box, dataset.pixel_size_A, sigma,
+                           dev, seed=seed, init_rms=init_rms)
+        reference = None if config["reference"] is None else torch.tensor(
+            reference_on_grid(config["reference"], dataset.box, dataset.pixel_size_A)[0])
+        hook = epoch_evaluator(run, dataset.pixel_size_A, reference, table.rotations)
+        loop = LoopConfig(epochs=config["epochs"], batch=config["batch"], seed=config["seed"],
+                          checkpoint_minutes=config["checkpoint_minutes"], num_workers=config["num_workers"])
+        if isinstance(model, SearchSupervised) and not resume:  # a resumed run has it in its checkpoint
+            record = model.pretrain(dataset, seed=seed, ctx=ctx)
+            if ctx.first:
+                log.write(kind="pretrain", **record)
+        train(model, dataset, run, loop, dev, log, resume=resume, ctx=ctx, on_epoch_end=hook)
+        if not ctx.first:  # rank 0 writes the outputs; every rank holds the merged poses and the same map
+            return {}
 
-def _reconstruct(ctx: distributed.Context, dev: torch.device, particles, out, *, method: str, epochs: int,
-                 batch: int, box, datadir, apix, invert: bool, shifts: str, seed: int, resume: bool, force: bool,
-                 ref, checkpoint_minutes: float, num_workers: int, halves: bool, options: dict | None) -> dict:
-    table = read_particles(particles, datadir=datadir, apix=apix)
-    dataset = ParticleDataset(table, box=box, invert=invert)
-    if shifts == "auto":  # centred data (shift columns all zero) need no shift search; anything else does
-        shifts = "off" if table.shifts_A is not None and not np.any(table.shifts_A) else "on"
-    method_cls, config_cls = METHODS[method]
-    try:
-        method_cfg = replace(config_cls(**(options or {})), shifts=shifts == "on")
-    except TypeError as err:
-        raise InputError(None, f"--method {method}: {err}") from None
-    config = {"particles": str(Path(particles).resolve()), "method": method, "epochs": epochs, "batch": batch,
-              "box": dataset.box, "apix_A": dataset.pixel_size_A, "invert": invert, "seed": seed,
-              "device": str(dev), "num_workers": num_workers, "checkpoint_minutes": checkpoint_minutes,
-              "reference": None if ref is None else str(Path(ref).resolve()), "datadir": datadir,
-              "options": asdict(method_cfg), "processes": ctx.world}
-    config = ctx.on_first(lambda: prepare_run_dir(out, config, resume=resume, force=force)[1])
-    run = Path(out)
-    log = MetricsLog(run / "log.jsonl")
-    t0 = time.time()
-
-    sample = np.sort(np.random.default_rng(seed).choice(len(dataset), min(len(dataset), 512), replace=False))
-    stats = dataset.__getitems__(sample)
-    sigma = noise_sigma(stats["images"])
-    init_rms = signal_shell_rms(stats["images"], stats["ctf"], dataset.pixel_size_A, sigma)
-    model = method_cls(config_cls(**config["options"]), len(dataset), dataset.box, dataset.pixel_size_A, sigma,
-                       dev, seed=seed, init_rms=init_rms)
-    reference = None if config["reference"] is None else torch.tensor(
-        reference_on_grid(config["reference"], dataset.box, dataset.pixel_size_A)[0])
-    hook = epoch_evaluator(run, dataset.pixel_size_A, reference, table.rotations)
-    loop = LoopConfig(epochs=config["epochs"], batch=config["batch"], seed=config["seed"],
-                      checkpoint_minutes=config["checkpoint_minutes"], num_workers=config["num_workers"])
-    if isinstance(model, SearchSupervised) and not resume:  # a resumed run has it in its checkpoint
-        record = model.pretrain(dataset, seed=seed, ctx=ctx)
-        if ctx.first:
-            log.write(kind="pretrain", **record)
-    train(model, dataset, run, loop, dev, log, resume=resume, ctx=ctx, on_epoch_end=hook)
-    if not ctx.first:  # rank 0 writes the outputs; every rank holds the merged poses and the same map
-        return {}
-
-    density = model.density().cpu().numpy()
-    write_map(run / "map.mrc", density, dataset.pixel_size_A)
-    rotations, shift_est = model.poses()
-    result = replace(table, rotations=rotations, shifts_A=shift_est if shift_est is not None
-                     else np.zeros((len(table), 2)))
-    write_star(run / "poses.star", result, comments=[f"cryopose reconstruct --method {method}: estimated poses"])
-    summary = {"kind": "done", "seconds": round(time.time() - t0, 1), "map": str(run / "map.mrc"),
-               "poses": str(run / "poses.star")}
-    if halves:  # even / odd particles reconstructed at the final poses, as in a gold-standard refinement
-        _, *half_maps = backproject_dataset(dataset, rotations, shift_est, halves=True, device=dev)
-        for i, volume in enumerate(half_maps, 1):
-            write_map(run / f"map_half{i}.mrc", volume.numpy(), dataset.pixel_size_A)
-        curve = fsc(*half_maps, dataset.pixel_size_A, soft_sphere_mask(dataset.box))
-        summary["resolution_halves_0.143_A"] = fsc_resolution(*curve, 0.143)
-    last = [r for r in log.records() if r.get("kind") == "epoch"]
-    if last:
-        summary.update({k: v for k, v in last[-1].items() if k.startswith(("resolution", "pose_error"))})
-    log.write(**summary)
-    return summary
+        density = model.density().cpu().numpy()
+        write_map(run / "map.mrc", density, dataset.pixel_size_A)
+        rotations, shift_est = model.poses()
+        result = replace(table, rotations=rotations, shifts_A=shift_est if shift_est is not None
+                         else np.zeros((len(table), 2)))
+        write_star(run / "poses.star", result, comments=[f"cryopose reconstruct --method {method}: estimated poses"])
+        summary = {"kind": "done", "seconds": round(time.time() - t0, 1), "map": str(run / "map.mrc"),
+                   "poses": str(run / "poses.star")}
+        if halves:  # even / odd particles reconstructed at the final poses, as in a gold-standard refinement
+            _, *half_maps = backproject_dataset(dataset, rotations, shift_est, halves=True, device=dev)
+            for i, volume in enumerate(half_maps, 1):
+                write_map(run / f"map_half{i}.mrc", volume.numpy(), dataset.pixel_size_A)
+            curve = fsc(*half_maps, dataset.pixel_size_A, soft_sphere_mask(dataset.box))
+            summary["resolution_halves_0.143_A"] = fsc_resolution(*curve, 0.143)
+        last = [r for r in log.records() if r.get("kind") == "epoch"]
+        if last:
+            summary.update({k: v for k, v in last[-1].items() if k.startswith(("resolution", "pose_error"))})
+        log.write(**summary)
+        return summary

@@ -13,8 +13,9 @@ rows, so every rank — and rank 0's checkpoint — holds all of them.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -159,3 +160,13 @@ def init(device: torch.device) -> tuple[Context, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Context(dist.get_rank(), dist.get_world_size()), device
+
+
+@contextlib.contextmanager
+def session(device: torch.device) -> Iterator[tuple[Context, torch.device]]:
+    """:func:`init`, and leave the process group when the block ends (normally or not)."""
+    ctx, device = init(device)
+    try:
+        yield ctx, device
+    finally:
+        ctx.close()
