@@ -147,6 +147,25 @@ def test_render_broadcasts_candidate_poses():
         assert torch.allclose(out[b, h], one[0], atol=1e-10)
 
 
+def test_render_at_selected_pixels_equals_the_whole_spectrum_there():
+    """``pixels=`` (a loss mask) gives exactly the whole render's values there, with CTF and shifts."""
+    hart = projection_volume(_random((16, 16, 16), seed=7), pad=2)
+    rot = roma.random_rotmat(6, dtype=F64).view(2, 3, 3, 3)
+    shifts = _random((2, 3, 2), seed=8)
+    ctf = CTFParams.from_arrays(defocus_u_A=[9000.0, 14000.0], defocus_v_A=[8000.0, 13500.0],
+                                defocus_angle_rad=[0.3, 2.0], voltage_kV=[300.0, 300.0], cs_mm=[2.7, 2.7],
+                                amplitude_contrast=[0.1, 0.1])
+    for radius in (3.5, 8.0):
+        pixels = torch.nonzero(circular_mask(16, radius).flatten()).squeeze(1)
+        whole = render(hart, rot, 1.2, ctf=ctf, shifts_A=shifts, box=16, radius=radius, real_space=False)
+        part = render(hart, rot, 1.2, ctf=ctf, shifts_A=shifts, box=16, radius=radius, real_space=False,
+                      pixels=pixels)
+        assert part.shape == (2, 3, len(pixels))
+        torch.testing.assert_close(part, whole.flatten(-2)[..., pixels], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="real_space=False"):
+        render(hart, rot, 1.2, box=16, pixels=pixels)
+
+
 @pytest.mark.parametrize("mantissa_exponent", [False, True])
 def test_hartley_volume_model(mantissa_exponent):
     density = _random((8, 8, 8), seed=7).float()

@@ -118,7 +118,8 @@ _SA, _SS = ("semi-amortized",), ("search-supervised",)
 _METHOD_OPTIONS = {  # reconstruct flag: (field of the method's config, methods it applies to); None = default
     "encoder": ("encoder", _SA + _SS), "lr_encoder": ("lr_encoder", _SA + _SS),
     "lr_decoder": ("lr_decoder", _SA + _SS), "loss": ("loss", _SA + _SS),
-    "mantissa_exponent": ("mantissa_exponent", _SA + _SS), "heads": ("heads", _SA),
+    "mantissa_exponent": ("mantissa_exponent", _SA + _SS), "resolution_start": ("resolution_start_A", _SA + _SS),
+    "heads": ("heads", _SA), "beam_explore": ("beam_explore", _SS),
     "epochs_amortized": ("switch_epoch", _SA), "lr_pose": ("lr_pose", _SA), "switch_search": ("switch_search", _SA),
     "epochs_search": ("switch_epoch", _SS), "beam_width": ("beam_width", _SS), "beam_depth": ("beam_depth", _SS),
     "gd_steps": ("gd_steps", _SS), "gd_lr": ("gd_lr", _SS), "denoiser_factor": ("denoiser_factor", _SS),
@@ -177,6 +178,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--loss", default=None, choices=["nll", "l1"], help="Gaussian NLL (default) or L1 modulus")
     g.add_argument("--mantissa-exponent", action=argparse.BooleanOptionalAction, default=None,
                    help="volume as mantissa·exp(exponent) (cryoSPIN §4.3; default on)")
+    g.add_argument("--resolution-start", type=float, default=None, metavar="A",
+                   help="coarse-to-fine: fit frequencies up to 1/A at first, widening to Nyquist over stage 1 "
+                        "(0: the whole band from the start; default: search-supervised 40, semi-amortized 0)")
     g = p.add_argument_group("semi-amortized (cryoSPIN)")
     g.add_argument("--heads", type=int, default=None, help="pose heads of the encoder (default 7)")
     g.add_argument("--epochs-amortized", type=int, default=None,
@@ -190,6 +194,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                    help="epochs of search-supervised training before end-to-end training (default 10)")
     g.add_argument("--beam-width", type=int, default=None, help="cells kept per level, c (default 4)")
     g.add_argument("--beam-depth", type=int, default=None, help="grid levels searched, i (default 5)")
+    g.add_argument("--beam-explore", action=argparse.BooleanOptionalAction, default=None,
+                   help="also start each search from the best base cells, not only those nearest to the "
+                        "encoder's pose (global while the encoder is poor; default on)")
     g.add_argument("--gd-steps", type=int, default=None, help="gradient steps after the search, n (default 20)")
     g.add_argument("--gd-lr", type=float, default=None, help="step size of those gradient steps (default 0.05)")
     g.add_argument("--denoiser-factor", type=int, default=None,

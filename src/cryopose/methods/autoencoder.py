@@ -16,7 +16,7 @@ class EncoderDecoder(ExplicitDecoder):
     """A :class:`PoseEncoder` with ``heads`` heads and its Adam, on top of :class:`ExplicitDecoder`.
 
     ``cfg`` is a method config with the fields ``encoder``, ``encoder_box``, ``shifts``, ``max_shift_A``,
-    ``lr_encoder``, ``lr_decoder``, ``mantissa_exponent``, ``loss`` and ``radius_px``.
+    ``lr_encoder``, ``lr_decoder``, ``mantissa_exponent``, ``loss``, ``radius_px`` and ``resolution_start_A``.
     """
 
     def __init__(self, cfg, heads: int, box: int, pixel_size_A: float, noise_sigma: float, device: torch.device,
@@ -27,7 +27,8 @@ class EncoderDecoder(ExplicitDecoder):
                                    max_shift_A=cfg.max_shift_A, pixel_size_A=pixel_size_A,
                                    input_box=cfg.encoder_box).to(device)
         super().__init__(box, pixel_size_A, noise_sigma, device, lr=cfg.lr_decoder, init_rms=init_rms,
-                         mantissa_exponent=cfg.mantissa_exponent, loss=cfg.loss, radius_px=cfg.radius_px)
+                         mantissa_exponent=cfg.mantissa_exponent, loss=cfg.loss, radius_px=cfg.radius_px,
+                         resolution_start_A=cfg.resolution_start_A)
         self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr_encoder)
         self.encode: torch.nn.Module = self.encoder  # what training calls; a DDP wrapper after distribute()
 

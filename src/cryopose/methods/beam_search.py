@@ -3,7 +3,8 @@
 The search is generic in its cost: ``cost(rotations (B, K, 3, 3)) -> (B, K)`` scores K candidate poses of each of
 B images in one call (Cryo2SSNet: L2 between the denoised image and the denoised projection). Starting cells
 are the ``width`` base cells (72, level 0) nearest to an initial pose (the encoder's), or the ``width`` best of
-all 72 when there is none; each level subdivides the kept cells into 8 children and keeps the ``width`` best, for
+all 72 when there is none (with ``explore``, both: the search stays global while the encoder is still poor);
+each level subdivides the kept cells into 8 children and keeps the ``width`` best, for
 ``depth`` levels. ``gd_steps`` steps of gradient descent on an axis-angle perturbation ``R = Exp(ω)·R_search``
 then leave the grid; a particle whose refined pose costs more than its searched one keeps the searched one.
 """
@@ -25,12 +26,14 @@ Cost = Callable[[Tensor], Tensor]
 
 @dataclass
 class BeamSearchConfig:
-    """Search settings (paper values as defaults): beam width c, depth i, n gradient steps of size ``lr``."""
+    """Search settings (paper values as defaults): beam width c, depth i, n gradient steps of size ``lr``;
+    ``explore``: also start from the c best base cells, not only the c nearest to the initial pose."""
 
     width: int = 4
     depth: int = 5
     gd_steps: int = 20
     lr: float = 0.05
+    explore: bool = False
 
 
 def _grid_rotations(level: int, cells: Tensor, dtype: torch.dtype) -> Tensor:
@@ -42,15 +45,20 @@ def grid_search(cost: Cost, batch: int, cfg: BeamSearchConfig, initial: Tensor |
                 device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
     """Beam search only: best grid rotations ``(B, 3, 3)`` at level ``depth`` and their costs ``(B,)``.
 
-    Each level costs one call of ``cost`` on ``(B, 8·width)`` candidates (``(B, 72)`` for the first level
-    without ``initial`` rotations ``(B, 3, 3)``).
+    Each level costs one call of ``cost`` on ``(B, 8·width)`` candidates (``(B, 72)`` more for the first level
+    without ``initial`` rotations ``(B, 3, 3)`` or with ``explore``).
     """
+    cells = None
     if initial is not None:
         cells = nearest_cells(matrix_to_quaternion(initial.to(dtype)), 0, cfg.width)  # (B, c)
-    else:
-        cells = torch.arange(n_cells(0), device=device).expand(batch, -1)
-        scores = cost(_grid_rotations(0, cells, dtype))
-        cells = cells.gather(1, scores.topk(min(cfg.width, cells.shape[1]), largest=False).indices)
+        device = cells.device
+    if cells is None or cfg.explore:
+        base = torch.arange(n_cells(0), device=device).expand(batch, -1)
+        scores = cost(_grid_rotations(0, base, dtype))
+        if cells is not None:  # the nearest cells are kept anyway: take the best of the others
+            scores = scores.scatter(1, cells, float("inf"))
+        best = base.gather(1, scores.topk(min(cfg.width, base.shape[1]), largest=False).indices)
+        cells = best if cells is None else torch.cat([cells, best], 1)
     scores = None
     for level in range(cfg.depth):
         cells = children(level, cells).flatten(1)  # (B, 8c) at level + 1

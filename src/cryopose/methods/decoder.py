@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..models.volume import HartleyVolume
-from ..physics.fourier import ihartley3_centered
+from ..physics.fourier import ihartley3_centered, radius_grid
 from ..physics.projection import circular_mask, render
 from ..train.distributed import Context
 from .losses import slice_loss
@@ -25,16 +25,31 @@ class ExplicitDecoder:
         init_rms: starting RMS of the volume's coefficients (whitened units), a number or a radial profile
             (see :func:`cryopose.methods.losses.signal_shell_rms`).
         radius_px: frequencies beyond it (pixels) are left out of the loss (default: Nyquist).
+        resolution_start_A: coarse-to-fine: the loss starts at frequencies up to 1/``resolution_start_A`` and
+            its radius grows linearly to ``radius_px`` over the epochs given to :meth:`set_band` (None or 0: the whole
+            band from the start). Renders and the map are limited to the same band.
     """
 
     def __init__(self, box: int, pixel_size_A: float, noise_sigma: float, device: torch.device, *,
                  lr: float, mantissa_exponent: bool, init_rms: float | Tensor, loss: str = "nll",
-                 radius_px: float | None = None):
+                 radius_px: float | None = None, resolution_start_A: float | None = None):
         self.box, self.apix, self.sigma, self.loss_kind = box, pixel_size_A, noise_sigma, loss
+        self.radius_end = box / 2 if radius_px is None else min(float(radius_px), box / 2)
+        self.radius_start = self.radius_end if not resolution_start_A else min(
+            self.radius_end, box * pixel_size_A / resolution_start_A)
         self.volume = HartleyVolume(box, mantissa_exponent=mantissa_exponent, init_rms=init_rms).to(device)
         self.field: torch.nn.Module = self.volume  # what training calls; a DDP wrapper after distribute()
         self.opt_volume = torch.optim.Adam(self.volume.parameters(), lr=lr)
-        self.mask_index = torch.nonzero(circular_mask(box, radius_px, device=device).flatten()).squeeze(1)
+        self.radius = self.radius_end
+        self.mask_index = torch.nonzero(circular_mask(box, self.radius, device=device).flatten()).squeeze(1)
+
+    def set_band(self, epoch: int, ramp_epochs: int) -> None:
+        """Loss radius for ``epoch``: ``radius_start`` at epoch 0, growing linearly to ``radius_end`` at
+        ``ramp_epochs`` (pixels; see ``resolution_start_A``)."""
+        progress = min(1.0, epoch / ramp_epochs) if ramp_epochs > 0 else 1.0
+        self.radius = self.radius_start + progress * (self.radius_end - self.radius_start)
+        mask = circular_mask(self.box, self.radius, device=self.mask_index.device)
+        self.mask_index = torch.nonzero(mask.flatten()).squeeze(1)
 
     def distribute(self, ctx: Context) -> None:
         """Average the volume's gradients over the ranks of ``ctx`` (call :attr:`field` to train it)."""
@@ -47,10 +62,14 @@ class ExplicitDecoder:
     def pose_loss(self, rotations: Tensor, shifts: Tensor | None, batch: dict, target: Tensor,
                   volume: Tensor) -> Tensor:
         """Per-image, per-pose loss ``(B, H)`` for rotations ``(B, H, 3, 3)`` and shifts ``(B, H, 2)`` Å."""
-        spectra = render(volume, rotations, self.apix, ctf=batch["ctf"], shifts_A=shifts, real_space=False)
-        return slice_loss(spectra.flatten(-2)[..., self.mask_index], target, self.loss_kind)
+        spectra = render(volume, rotations, self.apix, ctf=batch["ctf"], shifts_A=shifts, radius=self.radius,
+                         real_space=False, pixels=self.mask_index)
+        return slice_loss(spectra, target, self.loss_kind)
 
     @torch.no_grad()
     def density(self) -> Tensor:
-        """The current map ``(D, D, D)`` (arbitrary units, positive density)."""
-        return ihartley3_centered(self.volume.hartley().double() * self.sigma).float()
+        """The current map ``(D, D, D)`` (arbitrary units, positive density), limited to the trained band."""
+        field = self.volume.hartley().double() * self.sigma
+        if self.radius < self.box / 2:
+            field = field * (radius_grid(self.box, field.device) <= self.radius)
+        return ihartley3_centered(field).float()

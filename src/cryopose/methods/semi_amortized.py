@@ -44,6 +44,7 @@ class SemiAmortizedConfig:
     shifts: bool = False
     max_shift_A: float | None = None
     radius_px: float | None = None
+    resolution_start_A: float | None = None
     switch_search: bool = False
     switch_search_width: int = 8
     switch_search_depth: int = 4
@@ -73,6 +74,7 @@ class SemiAmortized(EncoderDecoder):
 
     def begin_epoch(self, epoch: int) -> None:
         self.wins.zero_()
+        self.set_band(epoch, self.cfg.switch_epoch)
         if self.stage(epoch) == "direct" and self.table is None:
             self.switch()
 

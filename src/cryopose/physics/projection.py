@@ -199,6 +199,7 @@ def extract_slices(
     box: int | None = None,
     radius: float | None = None,
     output: str = "hartley",
+    pixels: Tensor | None = None,
 ) -> Tensor:
     """Central slices ``(..., D, D)`` of a centred volume spectrum for rotations ``(..., 3, 3)``.
 
@@ -208,6 +209,8 @@ def extract_slices(
         box: image box ``D`` (default ``Dv``); ``Dv / D`` is the oversampling of the volume.
         radius: frequencies with ``|q| > radius`` pixels are zero (default ``D/2``, at most ``D/2``).
         output: ``"hartley"`` (real slices) or ``"fourier"`` (complex centred spectra).
+        pixels: flat indices ``(P,)`` of the image pixels to return, giving ``(..., P)`` instead of the whole
+            image (e.g. the pixels of a loss mask; only those within ``radius`` are sampled).
 
     Differentiable w.r.t. ``volume`` and ``rotations`` (through the sample coordinates).
     """
@@ -233,6 +236,8 @@ def extract_slices(
             z = z * (0.5 - 0.5j)  # H(p) + i H(-p) -> F(p)
         values = torch.cat([z, z.conj()], dim=-1)
     values = F.pad(values, (0, 1))
+    if pixels is not None:
+        return values.index_select(-1, disc.full_index[pixels])
     return values.index_select(-1, disc.full_index).unflatten(-1, (box, box))
 
 
@@ -283,6 +288,7 @@ def render(
     box: int | None = None,
     radius: float | None = None,
     real_space: bool = True,
+    pixels: Tensor | None = None,
 ) -> Tensor:
     """Slice → CTF → shift: images ``(..., D, D)`` (or centred complex spectra if ``real_space=False``).
 
@@ -292,14 +298,29 @@ def render(
         pixel_size_A: image pixel size (float, or a tensor broadcastable to the CTF / shift batch shape).
         ctf: per-particle parameters of batch shape ``(B,)`` (or any prefix of the rotation batch shape).
         shifts_A: RELION origins ``(B, ..., 2)`` in Å (any prefix of the rotation batch shape).
+        pixels: flat indices ``(P,)`` of spectrum pixels: returns those values ``(..., P)`` of the centred
+            spectra only (with ``real_space=False``), computing slices, CTF products and shifts for them alone.
 
     Images are line integrals in voxel units (sum over z for the identity pose). Differentiable w.r.t. the
     volume, rotations, shifts and CTF parameters.
     """
-    spectra = extract_slices(volume, rotations, box=box, radius=radius, output="fourier")
-    box, nbatch = spectra.shape[-1], spectra.ndim - 2
+    if pixels is not None and real_space:
+        raise ValueError("pixels= gives spectrum values: use real_space=False")
+    box = volume.shape[-1] if box is None else box
+    spectra = extract_slices(volume, rotations, box=box, radius=radius, output="fourier", pixels=pixels)
+    if pixels is None:
+        def select(x: Tensor) -> Tensor:
+            return x
+    else:  # (..., D, D) factors at the selected pixels, (..., 1, P) so that _leading broadcasts them alike
+        def select(x: Tensor) -> Tensor:
+            return x.flatten(-2)[..., pixels].unsqueeze(-2)
+        spectra = spectra.unsqueeze(-2)
+    nbatch = spectra.ndim - 2
     if ctf is not None:
-        spectra = spectra * _leading(compute_ctf(ctf, box, pixel_size_A, dtype=spectra.real.dtype), nbatch)
+        spectra = spectra * _leading(select(compute_ctf(ctf, box, pixel_size_A, dtype=spectra.real.dtype)), nbatch)
     if shifts_A is not None:
-        spectra = spectra * _leading(shift_phase(shifts_A.to(spectra.real.dtype), box, pixel_size_A), nbatch)
+        phase = shift_phase(shifts_A.to(spectra.real.dtype), box, pixel_size_A)
+        spectra = spectra * _leading(select(phase), nbatch)
+    if pixels is not None:
+        return spectra.squeeze(-2)
     return ifft2_centered(spectra).real if real_space else spectra
