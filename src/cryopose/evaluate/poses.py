@@ -2,10 +2,11 @@
 
 Poses are defined up to one global rotation ``Q`` of the map (and, ab initio, its mirror image): if the map
 is ``Q·V`` the poses are ``R·Qᵀ``. We fit ``Q`` on the right by least squares (Procrustes on SO(3)) for the
-estimated poses and for their mirror ``M R M`` (``M = diag(1, 1, −1)``), keep the hand that brings more particles within 10°, and report geodesic errors
+estimated poses and for their mirror ``M R M`` (``M = diag(1, 1, −1)``), keep the hand that brings more
+particles within 10° (not the lower median: with a pseudo-symmetric particle many poses may sit at the mate of
+theirs, and the right hand's median is then above a wrong hand's random-looking one), and report geodesic errors
 (degrees) of rotations and of viewing directions (the third row of ``R``), and the share of particles within 10°
-(a map can be good while most poses are wrong, e.g. at the mate of a pseudo-symmetric particle; the median alone
-hides a correct minority).
+(a map can be good while most poses are wrong; the median alone hides a correct minority).
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ class ExplicitDecoder:
             (see :func:`cryopose.methods.losses.signal_shell_rms`).
         radius_px: frequencies beyond it (pixels) are left out of the loss (default: Nyquist).
         resolution_start_A: coarse-to-fine: the loss starts at frequencies up to 1/``resolution_start_A`` and
-            its radius grows linearly to ``radius_px`` over the epochs given to :meth:`set_band` (None or 0: the whole
-            band from the start). Renders and the map are limited to the same band.
+            its radius grows linearly to ``radius_px`` over the epochs given to :meth:`set_band` (None or 0: the
+            whole band from the start). Renders and the map are limited to the same band.
     """
 
     def __init__(self, box: int, pixel_size_A: float, noise_sigma: float, device: torch.device, *,
@@ -40,16 +40,19 @@ class ExplicitDecoder:
         self.volume = HartleyVolume(box, mantissa_exponent=mantissa_exponent, init_rms=init_rms).to(device)
         self.field: torch.nn.Module = self.volume  # what training calls; a DDP wrapper after distribute()
         self.opt_volume = torch.optim.Adam(self.volume.parameters(), lr=lr)
-        self.radius = self.radius_end
-        self.mask_index = torch.nonzero(circular_mask(box, self.radius, device=device).flatten()).squeeze(1)
+        self.device = device
+        self._limit(self.radius_end)
+
+    def _limit(self, radius: float) -> None:
+        """Fit, render and return the map for ``|q| ≤ radius`` pixels only."""
+        self.radius = radius
+        self.mask_index = torch.nonzero(circular_mask(self.box, radius, device=self.device).flatten()).squeeze(1)
 
     def set_band(self, epoch: int, ramp_epochs: int) -> None:
         """Loss radius for ``epoch``: ``radius_start`` at epoch 0, growing linearly to ``radius_end`` at
         ``ramp_epochs`` (pixels; see ``resolution_start_A``)."""
         progress = min(1.0, epoch / ramp_epochs) if ramp_epochs > 0 else 1.0
-        self.radius = self.radius_start + progress * (self.radius_end - self.radius_start)
-        mask = circular_mask(self.box, self.radius, device=self.mask_index.device)
-        self.mask_index = torch.nonzero(mask.flatten()).squeeze(1)
+        self._limit(self.radius_start + progress * (self.radius_end - self.radius_start))
 
     def distribute(self, ctx: Context) -> None:
         """Average the volume's gradients over the ranks of ``ctx`` (call :attr:`field` to train it)."""
