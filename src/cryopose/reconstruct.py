@@ -103,7 +103,11 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
             record = model.pretrain(dataset, seed=seed, ctx=ctx)
             if ctx.first:
                 log.write(kind="pretrain", **record)
-        train(model, dataset, run, loop, dev, log, resume=resume, ctx=ctx, on_epoch_end=hook)
+        try:
+            train(model, dataset, run, loop, dev, log, resume=resume, ctx=ctx, on_epoch_end=hook)
+        finally:  # free the DDP wrappers while the process group lives: a gloo group destroyed last by a
+            # wrapper's reducer is torn down holding the GIL and can deadlock (pytorch/pytorch#56297)
+            model.distribute(distributed.Context())
         if not ctx.first:  # rank 0 writes the outputs; every rank holds the merged poses and the same map
             return {}
 
