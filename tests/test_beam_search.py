@@ -30,7 +30,7 @@ def problem(tmp_path_factory):
     mask = torch.nonzero(circular_mask(32).flatten()).squeeze(1)
     target = target_spectra(batch["images"], sigma, mask)
 
-    def cost(rotations):  # (B, K, 3, 3) -> (B, K)
+    def cost(rotations, radius=None):  # (B, K, 3, 3) -> (B, K); the whole band always
         spectra = render(volume, rotations, table.apix, ctf=batch["ctf"], real_space=False)
         return slice_loss(spectra.flatten(-2)[..., mask], target)
 
@@ -103,3 +103,29 @@ def test_semi_amortized_switch_search_replaces_wrong_poses(tmp_path):
     after = _errors(method.table.all_rotations(), torch.from_numpy(table.rotations).float())
     assert before.median() > 60 and bool(method.searched.all())
     assert after.median() < 6 and (after < 15).float().mean() > 0.85  # depth-4 cells are ~4° apart
+
+
+
+def test_a_finer_start_finds_the_right_basin_more_often(problem):
+    """Starting from all 576 cells of level 1 (scored at low frequencies only) instead of the 72 base cells."""
+    cost, truth = problem
+    initial = roma.random_rotmat(len(truth), generator=torch.Generator().manual_seed(3))
+    shares = []
+    for level, radius in ((0, None), (1, 8.0)):
+        cfg = BeamSearchConfig(width=2, depth=4, explore=True, start_level=level, start_radius=radius)
+        found, _ = grid_search(cost, len(truth), cfg, initial=initial)
+        shares.append(float((_errors(found, truth) < 10).float().mean()))
+    assert shares[0] < 0.8 and shares[1] > 0.9, shares  # measured 61 % and 95 % within 10°
+
+
+def test_an_incumbent_pose_is_kept_when_the_search_does_no_better(problem):
+    cost, truth = problem
+    cfg = BeamSearchConfig(width=1, depth=3, explore=True)
+    initial = roma.random_rotmat(len(truth), generator=torch.Generator().manual_seed(4))
+    alone, alone_cost = grid_search(cost, len(truth), cfg, initial=initial)
+    held, held_cost = grid_search(cost, len(truth), cfg, initial=initial, incumbent=truth)
+    truth_cost = cost(truth[:, None]).squeeze(1)
+    torch.testing.assert_close(held_cost, torch.minimum(alone_cost, truth_cost))
+    kept = truth_cost < alone_cost
+    assert kept.float().mean() > 0.3  # a narrow, shallow search often does worse than the true pose
+    assert _errors(held[kept], truth[kept]).max() < 1e-3

@@ -120,6 +120,7 @@ _METHOD_OPTIONS = {  # reconstruct flag: (field of the method's config, methods 
     "lr_decoder": ("lr_decoder", _SA + _SS), "loss": ("loss", _SA + _SS),
     "mantissa_exponent": ("mantissa_exponent", _SA + _SS), "resolution_start": ("resolution_start_A", _SA + _SS),
     "heads": ("heads", _SA), "beam_explore": ("beam_explore", _SS),
+    "keep_better": ("keep_better", _SS), "beam_start_level": ("beam_start_level", _SS),
     "epochs_amortized": ("switch_epoch", _SA), "lr_pose": ("lr_pose", _SA), "switch_search": ("switch_search", _SA),
     "epochs_search": ("switch_epoch", _SS), "beam_width": ("beam_width", _SS), "beam_depth": ("beam_depth", _SS),
     "gd_steps": ("gd_steps", _SS), "gd_lr": ("gd_lr", _SS), "denoiser_factor": ("denoiser_factor", _SS),
@@ -197,6 +198,12 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--beam-explore", action=argparse.BooleanOptionalAction, default=None,
                    help="also start each search from the best base cells, not only those nearest to the "
                         "encoder's pose (global while the encoder is poor; default on)")
+    g.add_argument("--beam-start-level", type=int, default=None,
+                   help="grid level the search starts from: 0 = the 72 base cells (paper), 1 = 576 cells scored "
+                        "at low frequencies (default 1)")
+    g.add_argument("--keep-better", action=argparse.BooleanOptionalAction, default=None,
+                   help="a particle keeps its pose from the last search when the new search does not fit "
+                        "its image better under the current map (not in the paper; default on)")
     g.add_argument("--gd-steps", type=int, default=None, help="gradient steps after the search, n (default 20)")
     g.add_argument("--gd-lr", type=float, default=None, help="step size of those gradient steps (default 0.05)")
     g.add_argument("--denoiser-factor", type=int, default=None,

@@ -24,7 +24,7 @@ from .methods.losses import noise_sigma, signal_shell_rms
 from .methods.search_supervised import SearchSupervised, SearchSupervisedConfig
 from .methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
 from .train import distributed
-from .train.loop import LoopConfig, train
+from .train.loop import LoopConfig, peak_memory, train
 from .train.run_dir import MetricsLog, prepare_run_dir, resolve_device
 
 METHODS = {"semi-amortized": (SemiAmortized, SemiAmortizedConfig),
@@ -125,6 +125,7 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
                 write_map(run / f"map_half{i}.mrc", volume.numpy(), dataset.pixel_size_A)
             curve = fsc(*half_maps, dataset.pixel_size_A, soft_sphere_mask(dataset.box))
             summary["resolution_halves_0.143_A"] = fsc_resolution(*curve, 0.143)
+        summary.update(peak_memory(dev))
         last = [r for r in log.records() if r.get("kind") == "epoch"]
         if last:
             summary.update({k: v for k, v in last[-1].items() if k.startswith(("resolution", "pose_error"))})

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..models.volume import HartleyVolume
-from ..physics.fourier import ihartley3_centered, radius_grid
+from ..physics.fourier import frequency_grid_2d, ihartley3_centered, radius_grid
 from ..physics.projection import circular_mask, render
 from ..train.distributed import Context
 from .losses import slice_loss
@@ -35,8 +35,7 @@ class ExplicitDecoder:
                  radius_px: float | None = None, resolution_start_A: float | None = None):
         self.box, self.apix, self.sigma, self.loss_kind = box, pixel_size_A, noise_sigma, loss
         self.radius_end = box / 2 if radius_px is None else min(float(radius_px), box / 2)
-        self.radius_start = self.radius_end if not resolution_start_A else min(
-            self.radius_end, box * pixel_size_A / resolution_start_A)
+        self.radius_start = min(self.radius_end, self.radius_at(resolution_start_A) or self.radius_end)
         self.volume = HartleyVolume(box, mantissa_exponent=mantissa_exponent, init_rms=init_rms).to(device)
         self.field: torch.nn.Module = self.volume  # what training calls; a DDP wrapper after distribute()
         self.opt_volume = torch.optim.Adam(self.volume.parameters(), lr=lr)
@@ -47,6 +46,12 @@ class ExplicitDecoder:
         """Fit, render and return the map for ``|q| ≤ radius`` pixels only."""
         self.radius = radius
         self.mask_index = torch.nonzero(circular_mask(self.box, radius, device=self.device).flatten()).squeeze(1)
+        k = frequency_grid_2d(self.box, 1.0 / self.box, device=self.device)  # (D, D, 2) pixels
+        self.mask_radius = k.norm(dim=-1).flatten()[self.mask_index]  # (M,)
+
+    def radius_at(self, resolution_A: float | None) -> float | None:
+        """Frequency radius (pixels) of ``resolution_A`` on this grid; None for None or 0."""
+        return self.box * self.apix / resolution_A if resolution_A else None
 
     def set_band(self, epoch: int, ramp_epochs: int) -> None:
         """Loss radius for ``epoch``: ``radius_start`` at epoch 0, growing linearly to ``radius_end`` at
@@ -63,10 +68,15 @@ class ExplicitDecoder:
             group["lr"] = lr
 
     def pose_loss(self, rotations: Tensor, shifts: Tensor | None, batch: dict, target: Tensor,
-                  volume: Tensor) -> Tensor:
-        """Per-image, per-pose loss ``(B, H)`` for rotations ``(B, H, 3, 3)`` and shifts ``(B, H, 2)`` Å."""
-        spectra = render(volume, rotations, self.apix, ctf=batch["ctf"], shifts_A=shifts, radius=self.radius,
-                         real_space=False, pixels=self.mask_index)
+                  volume: Tensor, radius: float | None = None) -> Tensor:
+        """Per-image, per-pose loss ``(B, H)`` for rotations ``(B, H, 3, 3)`` and shifts ``(B, H, 2)`` Å, over
+        the current band's pixels (``target`` ``(B, M)``), or only those within ``radius`` pixels."""
+        pixels = self.mask_index
+        if radius is not None and radius < self.radius:
+            inside = self.mask_radius <= radius
+            pixels, target = pixels[inside], target[:, inside]
+        spectra = render(volume, rotations, self.apix, ctf=batch["ctf"], shifts_A=shifts,
+                         radius=min(self.radius, radius or self.radius), real_space=False, pixels=pixels)
         return slice_loss(spectra, target, self.loss_kind)
 
     @torch.no_grad()

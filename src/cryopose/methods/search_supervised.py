@@ -9,12 +9,15 @@ trained through the rendered images alone, the decoder learning rate divided by 
 During the first ``denoise_epochs`` (default: the first third of stage 1) the search cost is the L2 between the
 denoised image and the denoised projection, with an MLP denoiser pre-trained on the noisy images
 (:mod:`cryopose.models.denoiser`, :meth:`SearchSupervised.pretrain`); afterwards it is the data term itself.
-Not in the paper, on by default (measured on 4AKE, 64 px, 10,000 images at SNR 0.1: map at 4.7 Å after six
-search epochs, Nyquist 4 Å): a coarse-to-fine band (``resolution_start_A``, growing to Nyquist over stage 1) for
-the search cost and the data term, and ``beam_explore``: each search also starts from the best base cells, so it
-stays global while the encoder is still poor. Difference from the paper, on purpose: the data term is the
-Gaussian likelihood on whitened spectra used by every cryopose method (the SNR-corrected L2 up to scale and
-constant); the denoiser keeps the paper's loss.
+Not in the paper, on by default: a coarse-to-fine band (``resolution_start_A``, growing to Nyquist over
+stage 1) for the search cost and the data term; ``beam_explore``: each search also starts from the best cells of
+the grid, not only those nearest to the encoder's pose, so it stays global while the encoder is poor; the search
+starts at the 576 cells of level 1 scored up to ``beam_start_resolution_A`` instead of the 72 base cells, and
+``keep_better``: a particle's pose from its last search competes with the new search under the current map
+(:mod:`cryopose.methods.beam_search` has the measurements that led to both). Difference from the paper, on
+purpose: the data term is the Gaussian likelihood on whitened spectra used by every cryopose method (the
+SNR-corrected L2 up to scale and constant); the denoiser keeps the paper's loss. On a CPU the denoised search is
+slow at 64 px (every candidate projection goes through the MLP: ~2 images/s on 2 cores), so it pays off on GPUs.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ class SearchSupervisedConfig:
     gd_steps: int = 20
     gd_lr: float = 0.05
     beam_explore: bool = True
+    keep_better: bool = True
+    beam_start_level: int = 1
+    beam_start_resolution_A: float | None = 10.0
     loss: str = "nll"
     mantissa_exponent: bool = True
     shifts: bool = False
@@ -66,8 +72,9 @@ class SearchSupervisedConfig:
     denoise_epochs: int | None = None
     snr: float | None = None
 
-    def search(self) -> BeamSearchConfig:
-        return BeamSearchConfig(self.beam_width, self.beam_depth, self.gd_steps, self.gd_lr, self.beam_explore)
+    def search(self, start_radius: float | None) -> BeamSearchConfig:
+        return BeamSearchConfig(self.beam_width, self.beam_depth, self.gd_steps, self.gd_lr, self.beam_explore,
+                                self.beam_start_level, start_radius)
 
 
 def quaternion_loss(r1: Tensor, r2: Tensor) -> Tensor:
@@ -131,11 +138,13 @@ class SearchSupervised(EncoderDecoder):
         lr = self.cfg.lr_decoder / (1.0 if self.stage(epoch) == "search" else self.cfg.decoder_lr_drop)
         self.set_lr(lr)
         self.searching = self.stage(epoch) == "search"
+        self.holding = self.cfg.keep_better and epoch > 0  # every particle has a searched pose after epoch 0
         limit = self.cfg.switch_epoch // 3 if self.cfg.denoise_epochs is None else self.cfg.denoise_epochs
         self.denoising = self.searching and self.denoiser is not None and epoch < limit
 
     def step(self, batch: dict) -> dict[str, float]:
         target = target_spectra(batch["images"], self.sigma, self.mask_index)
+        index = batch["index"].to(self.device)
         rotations, shifts = self.encode(batch["images"])  # (B, 1, 3, 3), (B, 1, 2) | None
         predicted = rotations[:, 0]
         loss_enc = torch.zeros((), device=self.device)
@@ -145,16 +154,18 @@ class SearchSupervised(EncoderDecoder):
 
             clean = self.denoiser(batch["images"])[:, None] if self.denoising else None
 
-            def cost(candidates: Tensor) -> Tensor:  # (B, K, 3, 3) -> (B, K), shifts broadcast over K
-                if clean is None:
-                    return self.pose_loss(candidates, fixed, batch, target, volume)
+            def cost(candidates: Tensor, radius: float | None = None) -> Tensor:  # (B, K, 3, 3) -> (B, K)
+                if clean is None:  # shifts broadcast over K
+                    return self.pose_loss(candidates, fixed, batch, target, volume, radius)
                 spectra = render(volume * self.sigma, candidates, self.apix, ctf=batch["ctf"], shifts_A=fixed,
                                  real_space=False)
                 projections = ifft2_centered(spectra).real  # in the units of the normalised images
                 return (self.denoiser(projections) - clean).square().mean((-2, -1))
 
-            searched, searched_cost = beam_search(cost, len(predicted), self.cfg.search(),
-                                                  initial=predicted.detach())
+            held = self.rotations[index] if self.holding else None
+            search = self.cfg.search(self.radius_at(self.cfg.beam_start_resolution_A))
+            searched, searched_cost = beam_search(cost, len(predicted), search,
+                                                  initial=predicted.detach(), incumbent=held)
             with torch.no_grad():
                 self.gain += torch.stack([(cost(predicted.detach()[:, None])[:, 0] - searched_cost).sum(),
                                           torch.tensor(float(len(predicted)), device=self.device)])
@@ -171,7 +182,6 @@ class SearchSupervised(EncoderDecoder):
         loss.backward()
         self.opt_encoder.step()
         self.opt_volume.step()
-        index = batch["index"].to(self.device)
         with torch.no_grad():
             self.rotations[index] = poses.detach()
             if shifts is not None:

@@ -7,8 +7,8 @@ head (as last evaluated, in the final amortized epoch) and its axis-angle pertur
 with a per-particle Adam (``pose_steps`` steps), then the volume takes one step, for every batch.
 
 With ``switch_search`` (not in the paper) each particle, the first time it is seen after the switch, is also
-searched globally on the Hopf grid under the current map (:func:`cryopose.methods.beam_search.grid_search`) and
-starts from whichever of its best head and the searched pose fits its image better: encoder poses far from the
+searched globally on the Hopf grid under the current map (:func:`cryopose.methods.beam_search.grid_search`, from
+the 576 cells of level 1 scored up to ``switch_search_resolution_A``) and starts from whichever of its best head and the searched pose fits its image better: encoder poses far from the
 right basin cannot be repaired by local pose steps.
 """
 
@@ -48,6 +48,7 @@ class SemiAmortizedConfig:
     switch_search: bool = False
     switch_search_width: int = 8
     switch_search_depth: int = 4
+    switch_search_resolution_A: float | None = 10.0
 
 
 class SemiAmortized(EncoderDecoder):
@@ -113,14 +114,13 @@ class SemiAmortized(EncoderDecoder):
         """Global grid search for the batch; each particle keeps the better of it and its current pose."""
         shifts = self.table.shift[index][:, None] if self.cfg.shifts else None
 
-        def cost(rotations: Tensor) -> Tensor:
-            return self.pose_loss(rotations, shifts, batch, target, volume)
+        def cost(rotations: Tensor, radius: float | None = None) -> Tensor:
+            return self.pose_loss(rotations, shifts, batch, target, volume, radius)
 
-        search = BeamSearchConfig(self.cfg.switch_search_width, self.cfg.switch_search_depth, gd_steps=0)
-        found, found_cost = grid_search(cost, len(index), search, device=self.device)
+        search = BeamSearchConfig(self.cfg.switch_search_width, self.cfg.switch_search_depth, gd_steps=0,
+                                  start_level=1, start_radius=self.radius_at(self.cfg.switch_search_resolution_A))
         current = self.table.compose(self.table.rotvec[index], index)
-        better = found_cost < cost(current[:, None])[:, 0]
-        self.table.base[index] = torch.where(better[:, None, None], found, current)
+        self.table.base[index], _ = grid_search(cost, len(index), search, device=self.device, incumbent=current)
         self.table.rotvec[index] = 0.0
         self.searched[index] = True
 

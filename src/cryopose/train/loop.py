@@ -9,6 +9,7 @@ with the same number of batches per epoch; rank 0 logs and writes checkpoints.
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -95,6 +96,14 @@ class EpochBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process so far (MB; Linux reports KiB), and of the GPU on CUDA."""
+    out = {"peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.type == "cuda":
+        out["peak_gpu_MB"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     """Move a :class:`ParticleDataset` batch to ``device`` (tensors and :class:`CTFParams`)."""
     out = {}
@@ -174,7 +183,7 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
         record = {"kind": "epoch", "epoch": epoch, "stage": method.stage(epoch), "step": loop["step"],
                   "loss": loop["loss_sum"] / max(loop["batch"] * ctx.world, 1),
                   "train_seconds": round(loop["seconds"], 2),
-                  "images_per_s": seen * ctx.world / max(time.time() - t_epoch, 1e-9)}
+                  "images_per_s": seen * ctx.world / max(time.time() - t_epoch, 1e-9), **peak_memory(device)}
         record.update(method.end_epoch(epoch))
         loop["epoch"] += 1
         loop["batch"] = 0
