@@ -128,6 +128,6 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
         summary.update(peak_memory(dev))
         last = [r for r in log.records() if r.get("kind") == "epoch"]
         if last:
-            summary.update({k: v for k, v in last[-1].items() if k.startswith(("resolution", "pose_error"))})
+            summary.update({k: v for k, v in last[-1].items() if k.startswith(("resolution", "pose_"))})
         log.write(**summary)
         return summary
