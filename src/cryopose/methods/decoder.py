@@ -71,12 +71,12 @@ class ExplicitDecoder:
                   volume: Tensor, radius: float | None = None) -> Tensor:
         """Per-image, per-pose loss ``(B, H)`` for rotations ``(B, H, 3, 3)`` and shifts ``(B, H, 2)`` Å, over
         the current band's pixels (``target`` ``(B, M)``), or only those within ``radius`` pixels."""
-        pixels = self.mask_index
+        pixels, limit = self.mask_index, self.radius
         if radius is not None and radius < self.radius:
             inside = self.mask_radius <= radius
-            pixels, target = pixels[inside], target[:, inside]
-        spectra = render(volume, rotations, self.apix, ctf=batch["ctf"], shifts_A=shifts,
-                         radius=min(self.radius, radius or self.radius), real_space=False, pixels=pixels)
+            pixels, target, limit = pixels[inside], target[:, inside], radius
+        spectra = render(volume, rotations, self.apix, ctf=batch["ctf"], shifts_A=shifts, radius=limit,
+                         real_space=False, pixels=pixels)
         return slice_loss(spectra, target, self.loss_kind)
 
     @torch.no_grad()

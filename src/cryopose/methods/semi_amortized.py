@@ -8,8 +8,9 @@ with a per-particle Adam (``pose_steps`` steps), then the volume takes one step,
 
 With ``switch_search`` (not in the paper) each particle, the first time it is seen after the switch, is also
 searched globally on the Hopf grid under the current map (:func:`cryopose.methods.beam_search.grid_search`, from
-the 576 cells of level 1 scored up to ``switch_search_resolution_A``) and starts from whichever of its best head and the searched pose fits its image better: encoder poses far from the
-right basin cannot be repaired by local pose steps.
+the 576 cells of level 1 scored up to ``switch_search_resolution_A``) and starts from whichever of its best head
+and the searched pose fits its image better: encoder poses far from the right basin cannot be repaired by local
+pose steps.
 """
 
 from __future__ import annotations
