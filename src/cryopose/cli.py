@@ -142,7 +142,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> None:
                           box=args.box, datadir=args.datadir, apix=args.apix, invert=args.invert,
                           shifts=args.shifts, device=args.device, seed=args.seed, resume=args.resume,
                           force=args.force, ref=args.ref, checkpoint_minutes=args.checkpoint_minutes,
-                          num_workers=args.workers, halves=args.halves, options=options)
+                          num_workers=args.workers, halves=args.halves,
+                          relax_symmetry=args.relax_symmetry, options=options)
     if summary:  # empty on the ranks other than 0 of a torchrun job
         print("\n".join(f"{k}: {v}" for k, v in summary.items() if k != "kind"))
 
@@ -170,6 +171,10 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--halves", action="store_true",
                    help="also write map_half1/2.mrc from the even / odd particles at the final poses")
+    p.add_argument("--relax-symmetry", action=argparse.BooleanOptionalAction, default=True,
+                   help="after training, if the map is pseudo-symmetric (correlation with its best "
+                        "self-superposition >= 0.8), let each particle choose between its pose and its mate by "
+                        "two-class EM on gold-standard halves, and reconstruct map.mrc from the chosen poses")
     g = p.add_argument_group("both methods (default: the method's own, see its config in config.json)")
     g.add_argument("--encoder", default=None, choices=["light", "paper", "small"],
                    help="CNN backbone (semi-amortized: light; search-supervised: small, the paper's)")

@@ -21,6 +21,7 @@ from .io.dataset import ParticleDataset
 from .io.mrc import write_map
 from .io.star import write_star
 from .methods.losses import noise_sigma, signal_shell_rms
+from .methods.pseudo_symmetry import relax_pseudo_symmetry
 from .methods.search_supervised import SearchSupervised, SearchSupervisedConfig
 from .methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
 from .train import distributed
@@ -31,24 +32,33 @@ METHODS = {"semi-amortized": (SemiAmortized, SemiAmortizedConfig),
            "search-supervised": (SearchSupervised, SearchSupervisedConfig)}
 
 
-def epoch_evaluator(run: Path, apix: float, reference: torch.Tensor | None, truth_rotations: np.ndarray | None):
-    """``on_epoch_end`` hook: writes ``maps/epoch_NNN.mrc`` and, with a reference / true poses, the FSC-0.5
-    resolution after alignment and the pose error."""
+def evaluator(apix: float, reference: torch.Tensor | None, truth_rotations: np.ndarray | None):
+    """``measure(density, rotations) -> dict``: with a reference / true poses, the FSC-0.5 resolution of the
+    map ``(D, D, D)`` after alignment and the error of the poses ``(N, 3, 3)``; empty without either."""
     mask = None if reference is None else soft_sphere_mask(reference.shape[-1])
 
-    def hook(epoch: int, method) -> dict:
-        density = method.density().cpu()
-        write_map(run / "maps" / f"epoch_{epoch + 1:03d}.mrc", density.numpy(), apix)
+    def measure(density: torch.Tensor, rotations: np.ndarray) -> dict:
         record = {}
         if reference is not None:
             aligned, alignment = align_maps(density, reference, voxel_size_A=apix)
             record["resolution_0.5_A"] = fsc_resolution(*fsc(aligned, reference, apix, mask), 0.5)
             record["map_mirrored"] = alignment.mirrored
         if truth_rotations is not None:
-            err = pose_error(method.poses()[0], truth_rotations)
+            err = pose_error(rotations, truth_rotations)
             record.update(pose_error_mean_deg=err.rotation_mean_deg, pose_error_median_deg=err.rotation_median_deg,
                           pose_within_10deg=err.rotation_within_10deg)
         return record
+
+    return measure
+
+
+def epoch_evaluator(run: Path, apix: float, measure):
+    """``on_epoch_end`` hook: writes ``maps/epoch_NNN.mrc`` and returns ``measure`` of the map and poses."""
+
+    def hook(epoch: int, method) -> dict:
+        density = method.density().cpu()
+        write_map(run / "maps" / f"epoch_{epoch + 1:03d}.mrc", density.numpy(), apix)
+        return measure(density, method.poses()[0])
 
     return hook
 
@@ -58,13 +68,17 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
                 invert: bool = False, shifts: str = "auto", device: str = "auto", seed: int = 0,
                 resume: bool = False, force: bool = False, ref: str | os.PathLike | None = None,
                 checkpoint_minutes: float = 5.0, num_workers: int = 0, halves: bool = False,
-                options: dict | None = None) -> dict:
+                relax_symmetry: bool = True, options: dict | None = None) -> dict:
     """Run ab initio reconstruction; returns a summary (also in the log). See ``cryopose reconstruct --help``.
 
     ``options`` are settings of the method's config (:class:`SemiAmortizedConfig`,
     :class:`SearchSupervisedConfig`); anything not given keeps the method's default. Started by ``torchrun``,
     it runs data-parallel (:mod:`cryopose.train.distributed`); ``batch`` is then the batch of the whole job, and
     ranks other than 0 return an empty summary.
+
+    ``relax_symmetry``: after training, when the map is pseudo-symmetric, let each particle choose between its
+    pose and its mate (:mod:`cryopose.methods.pseudo_symmetry`); ``map.mrc`` is then reconstructed from the
+    chosen poses.
     """
     if method not in METHODS:
         raise InputError(None, f"unknown --method {method!r} (choose from {', '.join(METHODS)})")
@@ -82,7 +96,8 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
                   "box": dataset.box, "apix_A": dataset.pixel_size_A, "invert": invert, "seed": seed,
                   "device": str(dev), "num_workers": num_workers, "checkpoint_minutes": checkpoint_minutes,
                   "reference": None if ref is None else str(Path(ref).resolve()), "datadir": datadir,
-                  "options": asdict(method_cfg), "processes": ctx.world}
+                  "options": asdict(method_cfg), "processes": ctx.world,
+                  "relax_symmetry": relax_symmetry}
         config = ctx.on_first(lambda: prepare_run_dir(out, config, resume=resume, force=force)[1])
         run = Path(out)
         log = MetricsLog(run / "log.jsonl")
@@ -96,7 +111,8 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
                            dev, seed=seed, init_rms=init_rms)
         reference = None if config["reference"] is None else torch.tensor(
             reference_on_grid(config["reference"], dataset.box, dataset.pixel_size_A)[0])
-        hook = epoch_evaluator(run, dataset.pixel_size_A, reference, table.rotations)
+        measure = evaluator(dataset.pixel_size_A, reference, table.rotations)
+        hook = epoch_evaluator(run, dataset.pixel_size_A, measure)
         loop = LoopConfig(epochs=config["epochs"], batch=config["batch"], seed=config["seed"],
                           checkpoint_minutes=config["checkpoint_minutes"], num_workers=config["num_workers"])
         if isinstance(model, SearchSupervised) and not resume:  # a resumed run has it in its checkpoint
@@ -111,9 +127,17 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
         if not ctx.first:  # rank 0 writes the outputs; every rank holds the merged poses and the same map
             return {}
 
-        density = model.density().cpu().numpy()
-        write_map(run / "map.mrc", density, dataset.pixel_size_A)
+        density = model.density().cpu()
         rotations, shift_est = model.poses()
+        final = None
+        if config.get("relax_symmetry", True):
+            rotations, shift_est, final = relax_pseudo_symmetry(dataset, density, rotations, shift_est, sigma,
+                                                                device=dev)
+            if final["relaxed"]:
+                density, = backproject_dataset(dataset, rotations, shift_est, device=dev)
+                final.update(measure(density, rotations))
+            log.write(kind="symmetry", **final)
+        write_map(run / "map.mrc", density.numpy(), dataset.pixel_size_A)
         result = replace(table, rotations=rotations, shifts_A=shift_est if shift_est is not None
                          else np.zeros((len(table), 2)))
         write_star(run / "poses.star", result, comments=[f"cryopose reconstruct --method {method}: estimated poses"])
@@ -127,7 +151,9 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
             summary["resolution_halves_0.143_A"] = fsc_resolution(*curve, 0.143)
         summary.update(peak_memory(dev))
         last = [r for r in log.records() if r.get("kind") == "epoch"]
+        if final is not None and final["relaxed"]:
+            last.append(final)
         if last:
-            summary.update({k: v for k, v in last[-1].items() if k.startswith(("resolution", "pose_"))})
+            summary.update({k: v for k, v in last[-1].items() if k.startswith(("resolution", "pose_", "symmetry"))})
         log.write(**summary)
         return summary

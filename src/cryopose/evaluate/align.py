@@ -195,28 +195,29 @@ def _search_hand(moving: Tensor, ref: Tensor, rotations: Tensor, mirrored: bool,
     return torch.cat(scores), torch.cat(shifts)
 
 
+def _correlation(moving: Tensor, ref: Tensor, rotation: Tensor, shift: Tensor, mirrored: bool) -> Tensor:
+    """Correlation of ``moving`` turned by ``(rotation, shift)`` with the masked unit-norm ``ref`` over the
+    support of ``ref`` (the mask); differentiable in ``rotation`` and ``shift``."""
+    inside = (ref != 0).flatten()
+    points = _grid_points(ref.shape[-1], moving)[inside]  # (P, 3) output voxels x
+    matrix = (rotation @ _mirror(mirrored, rotation)).to(moving.dtype)
+    out = _sample(moving, (points - shift.to(moving.dtype)) @ matrix)  # V(Lᵀ(x − t)), row vectors
+    return (ref.flatten()[inside] * out).sum() / out.norm().clamp(min=1e-12)
+
+
 def _refine(moving: Tensor, ref: Tensor, rotation: Tensor, shift: Tensor, mirrored: bool,
             iterations: int) -> tuple[Tensor, Tensor, float]:
-    """Local L-BFGS refinement of ``(rotation, shift)`` maximising the correlation of the transformed
-    ``moving`` with the masked unit-norm ``ref`` over the support of ``ref`` (the mask)."""
-    box = ref.shape[-1]
-    inside = (ref != 0).flatten()
-    target = ref.flatten()[inside]
-    points = _grid_points(box, moving)[inside]  # (P, 3) output voxels x
-    scale = box / 4  # a unit step of either parameter moves the map by ~1 voxel
+    """Local L-BFGS refinement of ``(rotation, shift)`` maximising :func:`_correlation`."""
+    scale = ref.shape[-1] / 4  # a unit step of either parameter moves the map by ~1 voxel
     params = torch.zeros(6, dtype=torch.float64, device=ref.device, requires_grad=True)
     base = rotation.to(torch.float64)
-    mirror = _mirror(mirrored, base)
     t0 = shift.to(torch.float64)
 
     def current() -> tuple[Tensor, Tensor]:
         return roma.rotvec_to_rotmat(params[:3] / scale) @ base, t0 + params[3:]
 
     def loss() -> Tensor:
-        rot, t = current()
-        matrix = (rot @ mirror).to(moving.dtype)
-        out = _sample(moving, (points - t.to(moving.dtype)) @ matrix)  # V(Lᵀ(x − t)), row vectors
-        return -(target * out).sum() / out.norm().clamp(min=1e-12)
+        return -_correlation(moving, ref, *current(), mirrored)
 
     opt = torch.optim.LBFGS([params], lr=1, max_iter=iterations, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-5, tolerance_change=1e-6)  # correlation ~1, steps ~1 voxel
@@ -240,14 +241,23 @@ def _prepared(volume: Tensor, box: int, mask: bool) -> Tensor:
     return v
 
 
+def _angle_deg(rotations: Tensor) -> Tensor:
+    """Rotation angle(s) in degrees of ``(..., 3, 3)`` matrices."""
+    return torch.rad2deg(roma.rotmat_geodesic_distance(rotations, torch.eye(3, dtype=rotations.dtype,
+                                                                             device=rotations.device)))
+
+
 def _beam_search(moving: Tensor, ref: Tensor, mirrored: bool, level: int, subdivisions: int, beam: int,
-                 max_shift: int) -> tuple[float, Tensor, Tensor]:
+                 max_shift: int, exclude_deg: float = 0.0) -> tuple[float, Tensor, Tensor]:
     """Best (score, rotation ``(3, 3)``, shift ``(3,)`` voxels) of one hand: every cell of the Hopf grid at
-    ``level``, then ``subdivisions`` times the 8 children of the ``beam`` best cells."""
+    ``level``, then ``subdivisions`` times the 8 children of the ``beam`` best cells; rotations within
+    ``exclude_deg`` of the identity are never chosen."""
     cells = torch.arange(n_cells(level), device=moving.device)
     for lvl in range(level, level + subdivisions + 1):
         mats = quaternion_to_matrix(cell_quaternions(lvl, cells, dtype=torch.float64))
         scores, shifts = _search_hand(moving, ref, mats.to(moving), mirrored, max_shift)
+        if exclude_deg > 0:
+            scores = scores.masked_fill(_angle_deg(mats).to(scores.device) < exclude_deg, -math.inf)
         top = scores.topk(min(beam, len(scores))).indices
         cells = children(lvl, cells[top]).flatten()
     return float(scores[top[0]]), mats[top[0]], shifts[top[0]]
@@ -255,7 +265,7 @@ def _beam_search(moving: Tensor, ref: Tensor, mirrored: bool, level: int, subdiv
 
 def align_maps(moving, reference, *, voxel_size_A: float = 1.0, level: int = 1, subdivisions: int = 2,
                beam: int = 8, search_box: int = 24, refine_box: int = 128, allow_mirror: bool = True,
-               max_shift: float = 0.25) -> tuple[Tensor, MapAlignment]:
+               max_shift: float = 0.25, exclude_deg: float = 0.0) -> tuple[Tensor, MapAlignment]:
     """Align ``moving`` onto ``reference`` (both ``(D, D, D)``, same box and voxel size).
 
     Args:
@@ -266,6 +276,8 @@ def align_maps(moving, reference, *, voxel_size_A: float = 1.0, level: int = 1, 
         search_box, refine_box: largest boxes (voxels) of the search and of the final L-BFGS refinement.
         allow_mirror: also try the mirror image (needed for ab initio maps).
         max_shift: largest shift searched, as a fraction of the box.
+        exclude_deg: never pick a rotation within this angle (degrees) of the identity (with ``moving`` =
+            ``reference``: the map's strongest (pseudo-)symmetry, see :func:`near_symmetry`).
 
     Returns the aligned map ``(D, D, D)`` float32 (on the input's device) and the :class:`MapAlignment`.
     """
@@ -276,15 +288,26 @@ def align_maps(moving, reference, *, voxel_size_A: float = 1.0, level: int = 1, 
         raise ValueError(f"maps must be cubic with the same even box: {tuple(mov.shape)} vs {tuple(ref.shape)}")
     small = min(box, search_box // 2 * 2)
     mov_s, ref_s = _prepared(mov, small, mask=False), _prepared(ref, small, mask=True)
-    hands = [(*_beam_search(mov_s, ref_s, m, level, subdivisions, beam, int(max_shift * small)), m)
+    hands = [(*_beam_search(mov_s, ref_s, m, level, subdivisions, beam, int(max_shift * small), exclude_deg), m)
              for m in ((False, True) if allow_mirror else (False,))]
     grid_score, rot, t, mirrored = max(hands, key=lambda h: h[0])
     fine = min(box, refine_box // 2 * 2)
-    rot, t, score = _refine(_prepared(mov, fine, mask=False), _prepared(ref, fine, mask=True), rot, t * fine / small,
-                            mirrored, iterations=40)
+    mov_f, ref_f, grid = _prepared(mov, fine, mask=False), _prepared(ref, fine, mask=True), (rot, t * fine / small)
+    rot, t, score = _refine(mov_f, ref_f, *grid, mirrored, iterations=40)
+    if exclude_deg > 0 and _angle_deg(rot) < exclude_deg:  # refined back into the excluded cap: keep the grid's
+        rot, t = grid
+        score = float(_correlation(mov_f, ref_f, rot.double(), t.double(), mirrored))
     result = MapAlignment(rotation=rot.cpu().numpy(), shift_px=(t * box / fine).cpu().numpy(), mirrored=mirrored,
                           correlation=score, voxel_size_A=voxel_size_A,
                           search={"grid_level": level + subdivisions, "search_box": small, "refine_box": fine,
                                   "search_correlation": grid_score,
                                   "search_correlation_other_hand": min(h[0] for h in hands) if allow_mirror else None})
     return result.apply(mov), result
+
+
+def near_symmetry(volume, *, voxel_size_A: float = 1.0, exclude_deg: float = 60.0, **search) -> MapAlignment:
+    """The proper rotation (and shift) at least ``exclude_deg`` from the identity that maps ``volume``
+    ``(D, D, D)`` best onto itself; ``correlation`` near 1 marks a (pseudo-)symmetric map. ``search``: the
+    options of :func:`align_maps`."""
+    return align_maps(volume, volume, voxel_size_A=voxel_size_A, allow_mirror=False, exclude_deg=exclude_deg,
+                      **search)[1]

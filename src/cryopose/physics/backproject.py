@@ -58,8 +58,10 @@ class BackprojectionAccumulator:
         shifts_A: Tensor | None = None,
         ctf: CTFParams | None = None,
         pixel_size_A: float | Tensor = 1.0,
+        image_weights: Tensor | None = None,
     ) -> None:
-        """Insert real images ``(B, D, D)`` at poses ``(B, 3, 3)``, origins ``(B, 2)`` (Å) and CTFs ``(B,)``."""
+        """Insert real images ``(B, D, D)`` at poses ``(B, 3, 3)``, origins ``(B, 2)`` (Å) and CTFs ``(B,)``,
+        each counted ``image_weights`` ``(B,)`` times (default once; e.g. the probability of the pose)."""
         device, real = self.weight.device, self.weight.dtype
         images = images.to(device=device, dtype=real)
         disc = half_disc(self.box, self.radius, device)
@@ -74,6 +76,9 @@ class BackprojectionAccumulator:
             c = compute_ctf(ctf.to(device=device), self.box, pixel_size_A, dtype=real).flatten(-2)
             c = c.index_select(-1, disc.pixel)
             values, weights = values * c, c * c * mult
+        if image_weights is not None:
+            w = image_weights.to(device=device, dtype=real)[:, None]
+            values, weights = values * w, weights * w
         coords = slice_coords(rotations.to(device=device, dtype=real), disc, self.pad, self.grid // 2 + 1)
         splat((self.data, self.weight), (values * mult, weights), coords, self.size)
         self.count += images.shape[0]

@@ -53,7 +53,7 @@ def prepare_run_dir(path: str | os.PathLike, config: dict, *, resume: bool, forc
         old = json.loads(saved.read_text())
         if old.get("particles") != config.get("particles"):
             raise InputError(run, f"was run on {old.get('particles')}, not {config.get('particles')}")
-        for key in ("epochs", "device", "num_workers", "processes"):  # what a resumed run may change
+        for key in ("epochs", "device", "num_workers", "processes", "relax_symmetry"):  # a resume may change
             old[key] = config.get(key)
         config = old
     elif saved.exists():
