@@ -4,7 +4,8 @@
 
 One row per run: method, epochs, wall time of the whole run, mean images/s over the epochs, peak resident
 memory, FSC-0.5 resolution vs the reference, gold-standard half-map resolution (``--halves``), and the median
-pose error and share within 10° after alignment (with true poses in the input STAR).
+pose error and share within 10° after alignment (with true poses in the input STAR) — of the run's final map and
+poses (after the pseudo-symmetry relaxation when there was one), else of its last epoch.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def row(run: Path) -> dict:
     done = next((r for r in reversed(records) if r.get("kind") == "done"), {})
     if not epochs:
         raise SystemExit(f"{run}: no finished epoch in log.jsonl")
-    last = epochs[-1]
+    last = {**epochs[-1], **{k: v for k, v in done.items() if k.startswith(("resolution_0.5", "pose_"))}}
 
     def fmt(value, spec):
         return "–" if value is None else format(value, spec)
