@@ -60,8 +60,8 @@ def _half_maps(dataset: ParticleDataset, poses: tuple[Tensor, Tensor], shifts: t
     for b in make_loader(dataset, batch):
         index = b["index"]
         for half, acc in enumerate(parts):
-            keep = index[index % 2 == half]
             sel = index % 2 == half
+            keep = index[sel]
             for rot, shift, weight in zip(poses, shifts, (p_first, 1 - p_first)):
                 acc.add(b["images"][sel], rot[keep], None if shift is None else shift[keep], b["ctf"][sel],
                         dataset.pixel_size_A, image_weights=weight[keep])
