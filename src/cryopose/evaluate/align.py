@@ -195,20 +195,27 @@ def _search_hand(moving: Tensor, ref: Tensor, rotations: Tensor, mirrored: bool,
     return torch.cat(scores), torch.cat(shifts)
 
 
-def _correlation(moving: Tensor, ref: Tensor, rotation: Tensor, shift: Tensor, mirrored: bool) -> Tensor:
-    """Correlation of ``moving`` turned by ``(rotation, shift)`` with the masked unit-norm ``ref`` over the
-    support of ``ref`` (the mask); differentiable in ``rotation`` and ``shift``."""
+def _support(moving: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
+    """Output voxels ``x`` ``(P, 3)`` of the support of the masked ``ref`` (non-zero), and ``ref`` there ``(P,)``."""
     inside = (ref != 0).flatten()
-    points = _grid_points(ref.shape[-1], moving)[inside]  # (P, 3) output voxels x
+    return _grid_points(ref.shape[-1], moving)[inside], ref.flatten()[inside]
+
+
+def _correlation(moving: Tensor, support: tuple[Tensor, Tensor], rotation: Tensor, shift: Tensor,
+                 mirrored: bool) -> Tensor:
+    """Correlation of ``moving`` turned by ``(rotation, shift)`` with the unit-norm reference on its
+    :func:`_support`; differentiable in ``rotation`` and ``shift``."""
+    points, target = support
     matrix = (rotation @ _mirror(mirrored, rotation)).to(moving.dtype)
     out = _sample(moving, (points - shift.to(moving.dtype)) @ matrix)  # V(Lᵀ(x − t)), row vectors
-    return (ref.flatten()[inside] * out).sum() / out.norm().clamp(min=1e-12)
+    return (target * out).sum() / out.norm().clamp(min=1e-12)
 
 
 def _refine(moving: Tensor, ref: Tensor, rotation: Tensor, shift: Tensor, mirrored: bool,
             iterations: int) -> tuple[Tensor, Tensor, float]:
     """Local L-BFGS refinement of ``(rotation, shift)`` maximising :func:`_correlation`."""
     scale = ref.shape[-1] / 4  # a unit step of either parameter moves the map by ~1 voxel
+    support = _support(moving, ref)
     params = torch.zeros(6, dtype=torch.float64, device=ref.device, requires_grad=True)
     base = rotation.to(torch.float64)
     t0 = shift.to(torch.float64)
@@ -217,7 +224,7 @@ def _refine(moving: Tensor, ref: Tensor, rotation: Tensor, shift: Tensor, mirror
         return roma.rotvec_to_rotmat(params[:3] / scale) @ base, t0 + params[3:]
 
     def loss() -> Tensor:
-        return -_correlation(moving, ref, *current(), mirrored)
+        return -_correlation(moving, support, *current(), mirrored)
 
     opt = torch.optim.LBFGS([params], lr=1, max_iter=iterations, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-5, tolerance_change=1e-6)  # correlation ~1, steps ~1 voxel
@@ -296,7 +303,7 @@ def align_maps(moving, reference, *, voxel_size_A: float = 1.0, level: int = 1, 
     rot, t, score = _refine(mov_f, ref_f, *grid, mirrored, iterations=40)
     if exclude_deg > 0 and _angle_deg(rot) < exclude_deg:  # refined back into the excluded cap: keep the grid's
         rot, t = grid
-        score = float(_correlation(mov_f, ref_f, rot.double(), t.double(), mirrored))
+        score = float(_correlation(mov_f, _support(mov_f, ref_f), rot.double(), t.double(), mirrored))
     result = MapAlignment(rotation=rot.cpu().numpy(), shift_px=(t * box / fine).cpu().numpy(), mirrored=mirrored,
                           correlation=score, voxel_size_A=voxel_size_A,
                           search={"grid_level": level + subdivisions, "search_box": small, "refine_box": fine,
