@@ -61,6 +61,24 @@ def test_run_directory_outputs_and_resume(tiny, tmp_path):
     assert "resume" in kinds
 
 
+def test_a_copy_taken_at_the_switch_can_continue_stage_1(tiny, tmp_path):
+    """Branching a run at its switch (cryoSPIN Fig. 4): a resume may move the switch of a run that has not
+    switched yet; a run that has cannot move it past its own."""
+    import shutil
+
+    trunk, branch = tmp_path / "trunk", tmp_path / "branch"
+    reconstruct(tiny / "particles.star", trunk, epochs=1, batch=16, options=FAST, relax_symmetry=False)
+    shutil.copytree(trunk, branch)
+    reconstruct(tiny / "particles.star", branch, epochs=2, batch=16, resume=True, options={"switch_epoch": 2})
+    assert [r["stage"] for r in _epochs(branch)] == ["amortized", "amortized"]
+    assert json.loads((branch / "config.json").read_text())["options"]["switch_epoch"] == 2
+    reconstruct(tiny / "particles.star", trunk, epochs=2, batch=16, resume=True)
+    assert [r["stage"] for r in _epochs(trunk)] == ["amortized", "direct"]
+    with pytest.raises(InputError, match="the switch cannot move from 1 to 3 epochs"):
+        reconstruct(tiny / "particles.star", trunk, epochs=3, batch=16, resume=True, options={"switch_epoch": 3})
+    assert json.loads((trunk / "config.json").read_text())["options"]["switch_epoch"] == 1  # left as it was
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny, tmp_path):
     with pytest.raises(InputError, match="no checkpoint.pt to resume from"):
         reconstruct(tiny / "particles.star", tmp_path / "empty", epochs=1, resume=True, options=FAST)

@@ -190,14 +190,16 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("semi-amortized (cryoSPIN)")
     g.add_argument("--heads", type=int, default=None, help="pose heads of the encoder (default 7)")
     g.add_argument("--epochs-amortized", type=int, default=None,
-                   help="epochs of auto-encoding before the switch (default 5)")
+                   help="epochs of auto-encoding before the switch (default 5; with --resume it moves the switch "
+                        "of a run that has not switched yet: branch a copy of a run at its switch)")
     g.add_argument("--lr-pose", type=float, default=None, help="per-particle pose learning rate, stage 2 (0.05)")
     g.add_argument("--switch-search", action=argparse.BooleanOptionalAction, default=None,
                    help="at the switch, also search each particle's pose on the SO(3) grid under the current map "
                         "and keep the better of it and the best head (not in the paper; default off)")
     g = p.add_argument_group("search-supervised (Cryo2SSNet)")
     g.add_argument("--epochs-search", type=int, default=None,
-                   help="epochs of search-supervised training before end-to-end training (default 10)")
+                   help="epochs of search-supervised training before end-to-end training (default 10; with "
+                        "--resume it moves the switch)")
     g.add_argument("--beam-width", type=int, default=None, help="cells kept per level, c (default 4)")
     g.add_argument("--beam-depth", type=int, default=None, help="grid levels searched, i (default 5)")
     g.add_argument("--beam-explore", action=argparse.BooleanOptionalAction, default=None,

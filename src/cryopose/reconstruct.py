@@ -32,21 +32,28 @@ METHODS = {"semi-amortized": (SemiAmortized, SemiAmortizedConfig),
            "search-supervised": (SearchSupervised, SearchSupervisedConfig)}
 
 
-def evaluator(apix: float, reference: torch.Tensor | None, truth_rotations: np.ndarray | None):
-    """``measure(density, rotations) -> dict``: with a reference / true poses, the FSC-0.5 resolution of the
-    map ``(D, D, D)`` after alignment and the error of the poses ``(N, 3, 3)``; empty without either."""
+def evaluator(apix: float, reference: torch.Tensor | None, truth_rotations: np.ndarray | None,
+              truth_shifts: np.ndarray | None = None):
+    """``measure(density, rotations, shifts=None) -> dict``: with a reference / true poses, the FSC-0.5
+    resolution of the map ``(D, D, D)`` after alignment and the error of the poses ``(N, 3, 3)``; with a
+    reference and true shifts too, the error of the shifts ``(N, 2)`` Å once moved with the map's alignment
+    (its translation included); empty without either."""
     mask = None if reference is None else soft_sphere_mask(reference.shape[-1])
 
-    def measure(density: torch.Tensor, rotations: np.ndarray) -> dict:
-        record = {}
+    def measure(density: torch.Tensor, rotations: np.ndarray, shifts: np.ndarray | None = None) -> dict:
+        record, alignment, moved = {}, None, None
         if reference is not None:
             aligned, alignment = align_maps(density, reference, voxel_size_A=apix)
             record["resolution_0.5_A"] = fsc_resolution(*fsc(aligned, reference, apix, mask), 0.5)
             record["map_mirrored"] = alignment.mirrored
+            if shifts is not None and truth_shifts is not None:
+                moved = alignment.transform_poses(rotations, shifts)[1]
         if truth_rotations is not None:
-            err = pose_error(rotations, truth_rotations)
+            err = pose_error(rotations, truth_rotations, moved, truth_shifts)
             record.update(pose_error_mean_deg=err.rotation_mean_deg, pose_error_median_deg=err.rotation_median_deg,
                           pose_within_10deg=err.rotation_within_10deg)
+            if err.shift_median_A is not None:
+                record["shift_error_median_A"] = err.shift_median_A
         return record
 
     return measure
@@ -58,7 +65,7 @@ def epoch_evaluator(run: Path, apix: float, measure):
     def hook(epoch: int, method) -> dict:
         density = method.density().cpu()
         write_map(run / "maps" / f"epoch_{epoch + 1:03d}.mrc", density.numpy(), apix)
-        return measure(density, method.poses()[0])
+        return measure(density, *method.poses())
 
     return hook
 
@@ -98,7 +105,9 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
                   "reference": None if ref is None else str(Path(ref).resolve()), "datadir": datadir,
                   "options": asdict(method_cfg), "processes": ctx.world,
                   "relax_symmetry": relax_symmetry}
-        config = ctx.on_first(lambda: prepare_run_dir(out, config, resume=resume, force=force)[1])
+        switch = (options or {}).get("switch_epoch") if resume else None  # a resume may move the switch
+        config = ctx.on_first(lambda: prepare_run_dir(out, config, resume=resume, force=force,
+                                                      switch_epoch=switch)[1])
         run = Path(out)
         log = MetricsLog(run / "log.jsonl")
         t0 = time.time()
@@ -111,7 +120,7 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
                            dev, seed=seed, init_rms=init_rms)
         reference = None if config["reference"] is None else torch.tensor(
             reference_on_grid(config["reference"], dataset.box, dataset.pixel_size_A)[0])
-        measure = evaluator(dataset.pixel_size_A, reference, table.rotations)
+        measure = evaluator(dataset.pixel_size_A, reference, table.rotations, table.shifts_A)
         hook = epoch_evaluator(run, dataset.pixel_size_A, measure)
         loop = LoopConfig(epochs=config["epochs"], batch=config["batch"], seed=config["seed"],
                           checkpoint_minutes=config["checkpoint_minutes"], num_workers=config["num_workers"])
@@ -135,7 +144,7 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
                                                                 device=dev)
             if final["relaxed"]:
                 density, = backproject_dataset(dataset, rotations, shift_est, device=dev)
-                final.update(measure(density, rotations))
+                final.update(measure(density, rotations, shift_est))
             log.write(kind="symmetry", **final)
         write_map(run / "map.mrc", density.numpy(), dataset.pixel_size_A)
         result = replace(table, rotations=rotations, shifts_A=shift_est if shift_est is not None
@@ -154,6 +163,6 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
         if final is not None and final["relaxed"]:
             last.append(final)
         if last:
-            summary.update({k: v for k, v in last[-1].items() if k.startswith(("resolution", "pose_", "symmetry"))})
+            summary.update({k: v for k, v in last[-1].items() if k.startswith(("resolution", "pose_", "shift_", "symmetry"))})
         log.write(**summary)
         return summary

@@ -2,8 +2,11 @@
 
 Stage ``search`` (epochs < ``switch_epoch``): the encoder predicts one pose per image; a heuristic beam search
 over the Hopf grid seeded by it, followed by gradient refinement (:mod:`cryopose.methods.beam_search`), finds a
-better pose under the current volume. The searched pose drives the decoder (data term at that pose) and
-supervises the encoder (``λ`` × squared quaternion distance). Stage ``end-to-end``: encoder and decoder are
+better pose under the current volume; with shifts, a local shift search at the grid's best rotation comes
+before the refinement (from the encoder's shift at the first search, from the last one's afterwards). The searched
+pose drives the decoder (data term at that pose) and supervises the encoder (``λ`` × squared quaternion distance,
+plus the squared shift error as a fraction of the box: ~ the quaternion term of the rotation that moves the
+box edge by as much). Stage ``end-to-end``: encoder and decoder are
 trained through the rendered images alone, the decoder learning rate divided by ``decoder_lr_drop``.
 
 During the first ``denoise_epochs`` (default: the first third of stage 1) the search cost is the L2 between the
@@ -63,6 +66,8 @@ class SearchSupervisedConfig:
     mantissa_exponent: bool = True
     shifts: bool = False
     max_shift_A: float | None = None
+    shift_span: int = 2
+    shift_levels: int = 3
     radius_px: float | None = None
     resolution_start_A: float | None = 40.0
     denoiser_factor: int = 8
@@ -72,9 +77,13 @@ class SearchSupervisedConfig:
     denoise_epochs: int | None = None
     snr: float | None = None
 
-    def search(self, start_radius: float | None) -> BeamSearchConfig:
+    def search(self, start_radius: float | None, pixel_size_A: float, max_shift_A: float) -> BeamSearchConfig:
+        """The beam search's settings; shifts searched in steps of one pixel, then finer, within the encoder's
+        bound ``max_shift_A``."""
         return BeamSearchConfig(self.beam_width, self.beam_depth, self.gd_steps, self.gd_lr, self.beam_explore,
-                                self.beam_start_level, start_radius)
+                                self.beam_start_level, start_radius, shift_step=pixel_size_A,
+                                shift_span=self.shift_span, shift_levels=self.shift_levels,
+                                shift_limit=max_shift_A)
 
 
 def quaternion_loss(r1: Tensor, r2: Tensor) -> Tensor:
@@ -150,27 +159,37 @@ class SearchSupervised(EncoderDecoder):
         loss_enc = torch.zeros((), device=self.device)
         if self.searching:
             volume = self.volume.hartley().detach()
-            fixed = None if shifts is None else shifts.detach()
+            start = None  # shifts the grid is scored at: the last search's, or the encoder's at the first
+            if shifts is not None:
+                start = self.shifts[index] if self.holding else shifts[:, 0].detach()
 
             clean = self.denoiser(batch["images"])[:, None] if self.denoising else None
 
-            def cost(candidates: Tensor, radius: float | None = None) -> Tensor:  # (B, K, 3, 3) -> (B, K)
-                if clean is None:  # shifts broadcast over K
-                    return self.pose_loss(candidates, fixed, batch, target, volume, radius)
-                spectra = render(volume * self.sigma, candidates, self.apix, ctf=batch["ctf"], shifts_A=fixed,
+            def cost(candidates: Tensor, radius: float | None = None, shifts: Tensor | None = None) -> Tensor:
+                at = (None if start is None else start[:, None]) if shifts is None else shifts  # (B, 1|K, 2)
+                if clean is None:
+                    return self.pose_loss(candidates, at, batch, target, volume, radius)
+                spectra = render(volume * self.sigma, candidates, self.apix, ctf=batch["ctf"], shifts_A=at,
                                  real_space=False)
                 projections = ifft2_centered(spectra).real  # in the units of the normalised images
                 return (self.denoiser(projections) - clean).square().mean((-2, -1))
 
             held = self.rotations[index] if self.holding else None
-            search = self.cfg.search(self.radius_at(self.cfg.beam_start_resolution_A))
-            searched, searched_cost = beam_search(cost, len(predicted), search,
-                                                  initial=predicted.detach(), incumbent=held)
+            search = self.cfg.search(self.radius_at(self.cfg.beam_start_resolution_A), self.apix,
+                                     self.encoder.max_shift_A)
+            searched, searched_shifts, searched_cost = beam_search(
+                cost, len(predicted), search, initial=predicted.detach(), incumbent=held, shifts=start)
             with torch.no_grad():
-                self.gain += torch.stack([(cost(predicted.detach()[:, None])[:, 0] - searched_cost).sum(),
+                own = None if shifts is None else shifts.detach()
+                self.gain += torch.stack([(cost(predicted.detach()[:, None], shifts=own)[:, 0]
+                                           - searched_cost).sum(),
                                           torch.tensor(float(len(predicted)), device=self.device)])
-            loss_enc = self.cfg.supervision_weight * quaternion_loss(predicted, searched).mean()
-            # shifts are not searched: the encoder's shift head learns through the data term
+            supervision = quaternion_loss(predicted, searched)
+            if shifts is not None:  # squared shift error as a fraction of the box (module doc)
+                miss = (shifts[:, 0] - searched_shifts) / (self.box * self.apix)
+                supervision = supervision + miss.square().sum(-1)
+                shifts = searched_shifts[:, None]
+            loss_enc = self.cfg.supervision_weight * supervision.mean()
             data = self.pose_loss(searched[:, None], shifts, batch, target, self.field()).mean()
             poses = searched
         else:

@@ -39,11 +39,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare_run_dir(path: str | os.PathLike, config: dict, *, resume: bool, force: bool) -> tuple[Path, dict]:
+def prepare_run_dir(path: str | os.PathLike, config: dict, *, resume: bool, force: bool,
+                    switch_epoch: int | None = None) -> tuple[Path, dict]:
     """Create or reopen a run directory; returns it and the configuration to use.
 
     A new run refuses a folder that already holds a run unless ``force`` (which clears the run's own files,
-    nothing else). ``resume`` reuses the saved configuration (the current one must describe the same data).
+    nothing else). ``resume`` reuses the saved configuration (the current one must describe the same data)
+    but for the epochs, device, workers, processes, the symmetry relaxation and, when given, the method's
+    ``switch_epoch``: a copy of a run taken at its switch can continue stage 1 instead (a branched run).
     """
     run = Path(path)
     saved = run / "config.json"
@@ -55,6 +58,9 @@ def prepare_run_dir(path: str | os.PathLike, config: dict, *, resume: bool, forc
             raise InputError(run, f"was run on {old.get('particles')}, not {config.get('particles')}")
         for key in ("epochs", "device", "num_workers", "processes", "relax_symmetry"):  # a resume may change
             old[key] = config.get(key)
+        if switch_epoch is not None and switch_epoch != old["options"]["switch_epoch"]:
+            _check_switch_move(run, old["options"]["switch_epoch"], switch_epoch)
+            old["options"]["switch_epoch"] = switch_epoch
         config = old
     elif saved.exists():
         if not force:
@@ -69,6 +75,15 @@ def prepare_run_dir(path: str | os.PathLike, config: dict, *, resume: bool, forc
     with atomic_path(saved) as tmp:
         tmp.write_text(json.dumps(config, indent=2, default=str))
     return run, config
+
+
+def _check_switch_move(run: Path, old: int, new: int) -> None:
+    """A run may move its switch only if its checkpoint has begun neither the old nor the new switch epoch."""
+    loop = load_checkpoint(run / CHECKPOINT, torch.device("cpu"))["loop"]
+    first = min(old, new)
+    if loop["epoch"] > first or (loop["epoch"] == first and loop["batch"] > 0):
+        raise InputError(run, f"its checkpoint is in epoch {loop['epoch'] + 1}, past the switch at epoch "
+                              f"{first + 1}: the switch cannot move from {old} to {new} epochs")
 
 
 class MetricsLog:
