@@ -19,10 +19,10 @@ the refinement, so a particle searched again never moves to a pose that fits its
 In-plane shifts, when the images have them, are searched locally (:func:`shift_search`: a grid around the
 current shift, then finer 3 × 3 grids) twice: in the start band at the best cell of the base level (72 cells),
 before the starting cells are chosen, and over the whole band at the grid's best rotation, before the rotation's
-gradient refinement. Measured on
-simulated images (32 px, SNR 1, true map, starting rotations 20° and shifts 1.5 px RMS per axis off): searched at
-the starting shifts the rotations end 30° off (median); with both shift searches 2.1°, the shifts 0.16 px off.
-The cost then takes ``shifts=`` ``(B, K, 2)`` (None: the starting shifts it was built with).
+gradient refinement. Measured on simulated images (32 px, SNR 1, true map, starting rotations 20° and shifts
+1.5 px RMS per axis off): searched at the starting shifts the rotations end 30° off (median); with both shift
+searches 2.1°, the shifts 0.16 px off. The cost then takes ``shifts=`` ``(B, K, 2)`` (None: the starting shifts
+it was built with).
 """
 
 from __future__ import annotations
