@@ -41,7 +41,7 @@ def evaluator(apix: float, reference: torch.Tensor | None, truth_rotations: np.n
     mask = None if reference is None else soft_sphere_mask(reference.shape[-1])
 
     def measure(density: torch.Tensor, rotations: np.ndarray, shifts: np.ndarray | None = None) -> dict:
-        record, alignment, moved = {}, None, None
+        record, moved = {}, None
         if reference is not None:
             aligned, alignment = align_maps(density, reference, voxel_size_A=apix)
             record["resolution_0.5_A"] = fsc_resolution(*fsc(aligned, reference, apix, mask), 0.5)
@@ -163,6 +163,7 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike, *, method:
         if final is not None and final["relaxed"]:
             last.append(final)
         if last:
-            summary.update({k: v for k, v in last[-1].items() if k.startswith(("resolution", "pose_", "shift_", "symmetry"))})
+            keys = ("resolution", "pose_", "shift_", "symmetry")
+            summary.update({k: v for k, v in last[-1].items() if k.startswith(keys)})
         log.write(**summary)
         return summary

@@ -37,7 +37,7 @@ from torch import Tensor
 from ..geometry.so3_grid import (cell_quaternions, children, matrix_to_quaternion, n_cells, nearest_cells,
                                  quaternion_to_matrix)
 
-Cost = Callable[..., Tensor]  # (rotations (B, K, 3, 3), radius=None, shifts=None (B, K, 2)) -> (B, K)
+Cost = Callable[..., Tensor]  # (rotations (B, K|1, 3, 3), radius=None, shifts=None (B, K|1, 2)) -> (B, K)
 
 
 @dataclass
@@ -133,7 +133,7 @@ def shift_search(cost: Cost, rotations: Tensor, shifts: Tensor, cfg: BeamSearchC
         candidates = shifts[:, None] + offsets
         if cfg.shift_limit is not None:
             candidates = candidates.clamp(-cfg.shift_limit, cfg.shift_limit)
-        scores = cost(rotations[:, None].expand(-1, len(offsets), -1, -1), radius=radius, shifts=candidates)
+        scores = cost(rotations[:, None], radius=radius, shifts=candidates)  # one slice, K shifts each
         low, pick = scores.min(1)
         better = low < best
         shifts = torch.where(better[:, None], candidates[torch.arange(len(pick)), pick], shifts)

@@ -1,13 +1,13 @@
 """Search-supervised ab initio reconstruction (Cryo2SSNet; DESIGN §4).
 
-Stage ``search`` (epochs < ``switch_epoch``): the encoder predicts one pose per image; a heuristic beam search
-over the Hopf grid seeded by it, followed by gradient refinement (:mod:`cryopose.methods.beam_search`), finds a
-better pose under the current volume; with shifts, a local shift search at the grid's best rotation comes
-before the refinement (from the encoder's shift at the first search, from the last one's afterwards). The searched
-pose drives the decoder (data term at that pose) and supervises the encoder (``λ`` × squared quaternion distance,
-plus the squared shift error as a fraction of the box: ~ the quaternion term of the rotation that moves the
-box edge by as much). Stage ``end-to-end``: encoder and decoder are
-trained through the rendered images alone, the decoder learning rate divided by ``decoder_lr_drop``.
+Stage ``search`` (epochs < ``switch_epoch``): the encoder predicts one pose per image; a heuristic beam search over
+the Hopf grid seeded by it, followed by gradient refinement (:mod:`cryopose.methods.beam_search`), finds a better
+pose under the current volume; with shifts, local shift searches at the base level's best cell and at the grid's
+best rotation come before the refinement (from the encoder's shift at the first search, from the last one's
+afterwards). The searched pose drives the decoder (data term at that pose) and supervises the encoder (``λ`` ×
+squared quaternion distance, plus the squared shift error as a fraction of the box: ~ the quaternion term of the
+rotation that moves the box edge by as much). Stage ``end-to-end``: encoder and decoder are trained through the
+rendered images alone, the decoder learning rate divided by ``decoder_lr_drop``.
 
 During the first ``denoise_epochs`` (default: the first third of stage 1) the search cost is the L2 between the
 denoised image and the denoised projection, with an MLP denoiser pre-trained on the noisy images

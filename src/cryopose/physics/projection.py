@@ -297,7 +297,8 @@ def render(
         rotations: ``(B, ..., 3, 3)``, e.g. ``(B, H, 3, 3)`` for H candidate poses per particle.
         pixel_size_A: image pixel size (float, or a tensor broadcastable to the CTF / shift batch shape).
         ctf: per-particle parameters of batch shape ``(B,)`` (or any prefix of the rotation batch shape).
-        shifts_A: RELION origins ``(B, ..., 2)`` in Å (any prefix of the rotation batch shape).
+        shifts_A: RELION origins ``(B, ..., 2)`` in Å (any prefix of the rotation batch shape, or broadcast
+            against it: rotations ``(B, 1, 3, 3)`` with shifts ``(B, K, 2)`` render one slice, K shifts).
         pixels: flat indices ``(P,)`` of spectrum pixels: returns those values ``(..., P)`` of the centred
             spectra only (with ``real_space=False``), computing slices, CTF products and shifts for them alone.
 
