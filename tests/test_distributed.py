@@ -21,7 +21,7 @@ from cryopose.io import read_particles
 from cryopose.io.mrc import read_map
 from cryopose.simulation.simulate import SimulationConfig, simulate
 
-DIRECT = ["--epochs", "3", "--epochs-amortized", "0", "--batch", "16", "--device", "cpu"]
+DIRECT = ["--epochs", "3", "--epochs-amortized", "0", "--resolution-start", "0", "--batch", "16", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,8 @@ def _add_backproject(sub: argparse._SubParsersAction) -> None:
 
 _SA, _SS = ("semi-amortized",), ("search-supervised",)
 _METHOD_OPTIONS = {  # reconstruct flag: (field of the method's config, methods it applies to); None = default
-    "encoder": ("encoder", _SA + _SS), "lr_encoder": ("lr_encoder", _SA + _SS),
+    "encoder": ("encoder", _SA + _SS), "encoder_box": ("encoder_box", _SA + _SS),
+    "lr_encoder": ("lr_encoder", _SA + _SS),
     "lr_decoder": ("lr_decoder", _SA + _SS), "loss": ("loss", _SA + _SS),
     "mantissa_exponent": ("mantissa_exponent", _SA + _SS), "resolution_start": ("resolution_start_A", _SA + _SS),
     "heads": ("heads", _SA), "beam_explore": ("beam_explore", _SS),
@@ -178,6 +179,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("both methods (default: the method's own, see its config in config.json)")
     g.add_argument("--encoder", default=None, choices=["light", "paper", "small"],
                    help="CNN backbone (semi-amortized: light; search-supervised: small, the paper's)")
+    g.add_argument("--encoder-box", type=int, default=None, metavar="PX",
+                   help="Fourier-crop the images to this box for the encoder (semi-amortized 32, search-supervised 64)")
     g.add_argument("--lr-encoder", type=float, default=None, help="encoder learning rate (Adam; paper 1e-4)")
     g.add_argument("--lr-decoder", type=float, default=None,
                    help="decoder learning rate, stage 1 (Adam; paper 5e-3 semi-amortized, 1e-2 search-supervised)")
@@ -186,7 +189,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                    help="volume as mantissa·exp(exponent) (cryoSPIN §4.3; default on)")
     g.add_argument("--resolution-start", type=float, default=None, metavar="A",
                    help="coarse-to-fine: fit frequencies up to 1/A at first, widening to Nyquist over stage 1 "
-                        "(0: the whole band from the start; default: search-supervised 40, semi-amortized 0)")
+                        "(search-supervised; default 40) or held through stage 1 and widened over the first "
+                        "epochs after the switch (semi-amortized; default 20); 0: the whole band from the start")
     g = p.add_argument_group("semi-amortized (cryoSPIN)")
     g.add_argument("--heads", type=int, default=None, help="pose heads of the encoder (default 7)")
     g.add_argument("--epochs-amortized", type=int, default=None,

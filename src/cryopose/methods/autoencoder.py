@@ -40,7 +40,7 @@ class EncoderDecoder(ExplicitDecoder):
     def state_dict(self) -> dict:
         return {"config": asdict(self.cfg), "sigma": self.sigma, "encoder": self.encoder.state_dict(),
                 "volume": self.volume.state_dict(), "opt_encoder": self.opt_encoder.state_dict(),
-                "opt_volume": self.opt_volume.state_dict()}
+                "opt_volume": self.opt_volume.state_dict(), "radius": self.radius}
 
     def load_state_dict(self, state: dict) -> None:
         self.sigma = state["sigma"]
@@ -48,3 +48,4 @@ class EncoderDecoder(ExplicitDecoder):
         self.volume.load_state_dict(state["volume"])
         self.opt_encoder.load_state_dict(state["opt_encoder"])
         self.opt_volume.load_state_dict(state["opt_volume"])
+        self._limit(state.get("radius", self.radius_end))  # the band of the epoch checkpointed (a finished run's map)

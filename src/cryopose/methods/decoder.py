@@ -53,10 +53,10 @@ class ExplicitDecoder:
         """Frequency radius (pixels) of ``resolution_A`` on this grid; None for None or 0."""
         return self.box * self.apix / resolution_A if resolution_A else None
 
-    def set_band(self, epoch: int, ramp_epochs: int) -> None:
-        """Loss radius for ``epoch``: ``radius_start`` at epoch 0, growing linearly to ``radius_end`` at
-        ``ramp_epochs`` (pixels; see ``resolution_start_A``)."""
-        progress = min(1.0, epoch / ramp_epochs) if ramp_epochs > 0 else 1.0
+    def set_band(self, epoch: int, ramp_epochs: int, hold_epochs: int = 0) -> None:
+        """Loss radius for ``epoch``: ``radius_start`` up to epoch ``hold_epochs``, then growing linearly to
+        ``radius_end``, reached ``ramp_epochs`` later (pixels; see ``resolution_start_A``)."""
+        progress = min(1.0, max(0, epoch - hold_epochs) / ramp_epochs) if ramp_epochs > 0 else 1.0
         self._limit(self.radius_start + progress * (self.radius_end - self.radius_start))
 
     def distribute(self, ctx: Context) -> None:

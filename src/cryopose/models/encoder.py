@@ -17,13 +17,15 @@ from torch import Tensor, nn
 from ..physics.fourier import fourier_crop2
 
 # widths/convs: conv blocks (3×3 conv → BatchNorm → ReLU, then 2×2 max-pool); grid: side of the adaptive
-# average pool that turns the last feature map into a vector; trunk: shared FC layers; head: per-head hidden FC.
+# average pool that turns the last feature map into a vector; trunk: shared FC layers; head: per-head hidden FC
+# (head_norm: each followed by BatchNorm).
 _BACKBONES = {
     "paper": dict(sigmas=(0, 1, 2, 4), widths=(64, 128, 256, 512), convs=(2, 2, 3, 3), grid=2, trunk=(),
-                  head=(512, 256)),
+                  head=(512, 256), head_norm=True),
     "light": dict(sigmas=(0, 1, 2, 4), widths=(16, 32, 64, 128), convs=(2, 2, 3, 3), grid=2, trunk=(),
-                  head=(512, 256)),
-    "small": dict(sigmas=(0,), widths=(32, 64, 128), convs=(2, 2, 2), grid=4, trunk=(512, 512), head=()),
+                  head=(512, 256), head_norm=True),
+    "small": dict(sigmas=(0,), widths=(32, 64, 128), convs=(2, 2, 2), grid=4, trunk=(512, 512), head=(),
+                  head_norm=False),
 }
 
 
@@ -99,8 +101,9 @@ class PoseEncoder(nn.Module):
     keeps coarse position, which shifts need. Convolutions are followed by BatchNorm (it trains several times
     faster than GroupNorm here); in eval mode it uses running statistics, so any batch size, 1 included, works.
 
-    Heads (``"paper"``/``"light"``): FC feature→512→256→6(+2), ReLU between; for ``"small"`` a single FC
-    512→6(+2). Shift outputs start at exactly zero (zero-initialised last-layer columns).
+    Heads (``"paper"``/``"light"``): FC feature→512→256→6(+2), each hidden layer ReLU then BatchNorm (per head,
+    as the cryoSPIN reference code); for ``"small"`` a single FC 512→6(+2). Shift outputs start at exactly zero
+    (zero-initialised last-layer columns).
 
     Args:
         box: image side D in pixels (≥ 16; ≥ 8 for ``"small"``).
@@ -139,8 +142,10 @@ class PoseEncoder(nn.Module):
         self.backbone = nn.Sequential(*layers)
 
         self.head_layers = nn.ModuleList()
+        self.head_norms = nn.ModuleList()
         for width in spec["head"]:
             self.head_layers.append(_HeadLinear(heads, dim, width, gain=math.sqrt(2)))
+            self.head_norms.append(nn.BatchNorm1d(heads * width) if spec["head_norm"] else nn.Identity())
             dim = width
         self.head_out = _HeadLinear(heads, dim, 6 + 2 * predict_shifts, gain=1.0)
         with torch.no_grad():
@@ -150,8 +155,9 @@ class PoseEncoder(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Images ``(B, D, D)`` -> rotations ``(B, H, 3, 3)``, shifts ``(B, H, 2)`` in Å or ``None``."""
         x = self.backbone(gaussian_pyramid(fourier_crop2(images, self.input_box), self.sigmas))
-        for layer in self.head_layers:
+        for layer, norm in zip(self.head_layers, self.head_norms):
             x = torch.relu(layer(x))
+            x = norm(x.flatten(1)).unflatten(1, (self.heads, -1))
         out = self.head_out(x)
         rotations = rotation_from_6d(out[..., :6])
         shifts = self.max_shift_A * torch.tanh(out[..., 6:]) if self.predict_shifts else None
