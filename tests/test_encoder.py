@@ -118,6 +118,23 @@ def test_eval_batch_of_one_matches_batch():
     torch.testing.assert_close(single[0], batch[2], atol=1e-5, rtol=0)
 
 
+def test_training_batch_of_one_uses_running_statistics():
+    """The heads' BatchNorm cannot take batch statistics from one image (an epoch's last batch may be one)."""
+    from cryopose.models.encoder import _HeadNorm
+
+    torch.manual_seed(0)
+    norm = _HeadNorm(6)
+    norm(torch.randn(8, 6) * 3 + 1)  # training: batch statistics, running statistics updated
+    mean, var = norm.running_mean.clone(), norm.running_var.clone()
+    x = torch.randn(1, 6)
+    torch.testing.assert_close(norm(x), (x - mean) / torch.sqrt(var + norm.eps))
+    assert torch.equal(norm.running_mean, mean)  # a batch of one leaves the running statistics alone
+    encoder = PoseEncoder(32, heads=3)
+    rotations, _ = encoder(torch.randn(1, 32, 32))  # training mode, one image
+    rotations.sum().backward()
+    assert encoder.head_layers[0].weight.grad.abs().sum() > 0
+
+
 def _head_grad_norms(encoder: PoseEncoder) -> torch.Tensor:
     """Gradient norm per head ``(H,)`` over all head parameters."""
     layers = [*encoder.head_layers, encoder.head_out]

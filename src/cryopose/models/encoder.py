@@ -83,6 +83,17 @@ class _HeadLinear(nn.Module):
         return torch.einsum("bhi,hio->bho", x, self.weight) + self.bias
 
 
+class _HeadNorm(nn.BatchNorm1d):
+    """BatchNorm over the heads' hidden units ``(B, H·width)``; a training batch of one, which has no spread
+    (e.g. the last batch of an epoch), is normalised with the running statistics instead of failing."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                            training=False, eps=self.eps)
+        return super().forward(x)
+
+
 def _conv_block(c_in: int, c_out: int, n_convs: int) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for i in range(n_convs):
@@ -145,7 +156,7 @@ class PoseEncoder(nn.Module):
         self.head_norms = nn.ModuleList()
         for width in spec["head"]:
             self.head_layers.append(_HeadLinear(heads, dim, width, gain=math.sqrt(2)))
-            self.head_norms.append(nn.BatchNorm1d(heads * width) if spec["head_norm"] else nn.Identity())
+            self.head_norms.append(_HeadNorm(heads * width) if spec["head_norm"] else nn.Identity())
             dim = width
         self.head_out = _HeadLinear(heads, dim, 6 + 2 * predict_shifts, gain=1.0)
         with torch.no_grad():
