@@ -92,9 +92,10 @@ def test_explore_keeps_the_search_global_when_the_initial_pose_is_wrong(problem)
     assert err.median() < 5 and (err < 10).float().mean() > 0.65  # depth 4: cells ~4° apart; measured 3.6°, 73 %
 
 
-def test_semi_amortized_switch_search_replaces_wrong_poses(tmp_path):
-    """With ``switch_search`` the first direct-stage step searches the grid under the current map: particles
-    whose best head is wrong (random here) start stage 2 near their true pose."""
+def test_semi_amortized_search_replaces_wrong_poses(tmp_path):
+    """In an epoch of ``search_epochs`` (counted from the switch) a particle's first step searches the grid under
+    the current map: particles whose best head is wrong (random here) move near their true pose. In the other
+    epochs only the local pose steps run, which cannot repair them."""
     from cryopose.methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
     from cryopose.models.poses import PoseTable
 
@@ -103,20 +104,23 @@ def test_semi_amortized_switch_search_replaces_wrong_poses(tmp_path):
     dataset = ParticleDataset(table)
     batch = dataset.__getitems__(np.arange(64))
     sigma = noise_sigma(batch["images"])
-    cfg = SemiAmortizedConfig(heads=2, encoder="light", switch_search=True, pose_steps=1, lr_decoder_direct=0.0,
+    cfg = SemiAmortizedConfig(heads=2, encoder="light", search_epochs=(1,), pose_steps=1, lr_decoder_direct=0.0,
                               resolution_start_A=None)  # the whole band at the switch
     method = SemiAmortized(cfg, 64, 32, table.apix, sigma, torch.device("cpu"))
     truth = torch.tensor(np.array(read_map(tmp_path / "ground_truth.mrc").data), dtype=torch.float64)
     method.volume.set_hartley(hartley3_centered(truth) / (dataset.std * sigma))  # normalised, whitened units
     method.best_rotations = roma.random_rotmat(64, generator=torch.Generator().manual_seed(1))
-    method.begin_epoch(cfg.switch_epoch)  # the switch: pose table from the (random) best heads
-    assert isinstance(method.table, PoseTable)
-    before = _errors(method.table.all_rotations(), torch.from_numpy(table.rotations).float())
-    method.step(batch)
-    after = _errors(method.table.all_rotations(), torch.from_numpy(table.rotations).float())
-    assert before.median() > 60 and bool(method.searched.all())
+    true_rotations = torch.from_numpy(table.rotations).float()
+    errors = []
+    for epoch in (cfg.switch_epoch, cfg.switch_epoch + 1):  # the switch (poses from the random best heads), then
+        method.begin_epoch(epoch)                             # the search epoch
+        assert isinstance(method.table, PoseTable)
+        errors.append(_errors(method.table.all_rotations(), true_rotations))
+        method.step(batch)
+    after = _errors(method.table.all_rotations(), true_rotations)
+    assert errors[0].median() > 60 and errors[1].median() > 60  # no search in the first direct epoch
+    assert bool((method.searched_at == cfg.switch_epoch + 1).all())
     assert after.median() < 6 and (after < 15).float().mean() > 0.85  # depth-4 cells are ~4° apart
-
 
 
 def test_a_finer_start_finds_the_right_basin_more_often(problem):

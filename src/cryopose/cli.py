@@ -122,7 +122,7 @@ _METHOD_OPTIONS = {  # reconstruct flag: (field of the method's config, methods 
     "mantissa_exponent": ("mantissa_exponent", _SA + _SS), "resolution_start": ("resolution_start_A", _SA + _SS),
     "heads": ("heads", _SA), "beam_explore": ("beam_explore", _SS),
     "keep_better": ("keep_better", _SS), "beam_start_level": ("beam_start_level", _SS),
-    "epochs_amortized": ("switch_epoch", _SA), "lr_pose": ("lr_pose", _SA), "switch_search": ("switch_search", _SA),
+    "epochs_amortized": ("switch_epoch", _SA), "lr_pose": ("lr_pose", _SA), "search_epochs": ("search_epochs", _SA),
     "epochs_search": ("switch_epoch", _SS), "beam_width": ("beam_width", _SS), "beam_depth": ("beam_depth", _SS),
     "gd_steps": ("gd_steps", _SS), "gd_lr": ("gd_lr", _SS), "denoiser_factor": ("denoiser_factor", _SS),
     "denoise_epochs": ("denoise_epochs", _SS), "denoiser_steps": ("denoiser_steps", _SS), "snr": ("snr", _SS)}
@@ -197,9 +197,10 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                    help="epochs of auto-encoding before the switch (default 5; with --resume it moves the switch "
                         "of a run that has not switched yet: branch a copy of a run at its switch)")
     g.add_argument("--lr-pose", type=float, default=None, help="per-particle pose learning rate, stage 2 (0.05)")
-    g.add_argument("--switch-search", action=argparse.BooleanOptionalAction, default=None,
-                   help="at the switch, also search each particle's pose on the SO(3) grid under the current map "
-                        "and keep the better of it and the best head (not in the paper; default off)")
+    g.add_argument("--search-epochs", type=int, nargs="*", default=None, metavar="K",
+                   help="epochs after the switch (0 = the first) in which every particle's pose is also searched "
+                        "on the SO(3) grid under the current map, keeping the better of the two (not in the paper; "
+                        "default 3, when the band reaches Nyquist; none: --search-epochs with no value)")
     g = p.add_argument_group("search-supervised (Cryo2SSNet)")
     g.add_argument("--epochs-search", type=int, default=None,
                    help="epochs of search-supervised training before end-to-end training (default 10; with "

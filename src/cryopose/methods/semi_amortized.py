@@ -12,11 +12,12 @@ frequencies dominate its loss); on whitened spectra every coefficient counts ali
 whole band learns nothing: under the true map, noise-free demo data (32 px, 10,000 images, 7 heads, 6 epochs),
 median pose error 108° (whole band) vs 50° (20 Å band, still falling).
 
-With ``switch_search`` (not in the paper) each particle, the first time it is seen after the switch, is also
-searched globally on the Hopf grid under the current map (:func:`cryopose.methods.beam_search.grid_search`, from
-the 576 cells of level 1 scored up to ``switch_search_resolution_A``) and starts from whichever of its best head
-and the searched pose fits its image better: encoder poses far from the right basin cannot be repaired by local
-pose steps.
+In the epochs listed in ``search_epochs`` (counted from the switch, 0 = the first direct epoch; not in the paper)
+each particle, the first time it is seen in the epoch, is also searched globally on the Hopf grid under the current
+map (:func:`cryopose.methods.beam_search.beam_search` without its gradient steps, from the 576 cells of level 1
+scored up to ``search_resolution_A``, shifts searched locally around the particle's own) and keeps whichever of its
+current pose and the searched one fits its image better: poses far from the right basin cannot be repaired by local
+pose steps. The default searches once, when the band has widened to Nyquist (epoch ``band_ramp_epochs``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from ..models.poses import PoseTable, RowAdam
 from .autoencoder import EncoderDecoder
-from .beam_search import BeamSearchConfig, grid_search
+from .beam_search import BeamSearchConfig, beam_search
 from .losses import target_spectra
 
 
@@ -53,10 +54,10 @@ class SemiAmortizedConfig:
     radius_px: float | None = None
     resolution_start_A: float | None = 20.0
     band_ramp_epochs: int = 3
-    switch_search: bool = False
-    switch_search_width: int = 8
-    switch_search_depth: int = 4
-    switch_search_resolution_A: float | None = 10.0
+    search_epochs: tuple[int, ...] = (3,)
+    search_width: int = 8
+    search_depth: int = 4
+    search_resolution_A: float | None = 10.0
 
 
 class SemiAmortized(EncoderDecoder):
@@ -72,7 +73,8 @@ class SemiAmortized(EncoderDecoder):
         super().__init__(cfg, cfg.heads, box, pixel_size_A, noise_sigma, device, seed, init_rms)
         self.best_rotations = torch.eye(3, device=device).repeat(n_particles, 1, 1)
         self.best_shifts = torch.zeros(n_particles, 2, device=device)
-        self.searched = torch.zeros(n_particles, dtype=torch.bool, device=device)
+        self.searched_at = torch.full((n_particles,), -1, dtype=torch.long, device=device)  # epoch, −1: never
+        self.epoch = 0
         self.wins = torch.zeros(cfg.heads, dtype=torch.long, device=device)
         self.table: PoseTable | None = None
         self.opt_pose: RowAdam | None = None
@@ -82,6 +84,7 @@ class SemiAmortized(EncoderDecoder):
         return "amortized" if epoch < self.cfg.switch_epoch else "direct"
 
     def begin_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.wins.zero_()
         self.set_band(epoch, self.cfg.band_ramp_epochs, hold_epochs=self.cfg.switch_epoch)
         if self.stage(epoch) == "direct" and self.table is None:
@@ -117,26 +120,35 @@ class SemiAmortized(EncoderDecoder):
             self.wins += torch.bincount(winner, minlength=self.cfg.heads)
         return {"loss": loss.item()}
 
+    def searching(self) -> bool:
+        """Whether the current epoch is one of ``search_epochs``."""
+        return self.table is not None and self.epoch - self.cfg.switch_epoch in self.cfg.search_epochs
+
     @torch.no_grad()
-    def _search_start(self, batch: dict, target: Tensor, index: Tensor, volume: Tensor) -> None:
-        """Global grid search for the batch; each particle keeps the better of it and its current pose."""
-        shifts = self.table.shift[index][:, None] if self.cfg.shifts else None
+    def _search(self, batch: dict, target: Tensor, index: Tensor, volume: Tensor) -> None:
+        """Global search for the batch (module doc); each particle keeps the better of it and its current pose."""
+        shifts = self.table.shift[index] if self.cfg.shifts else None
 
-        def cost(rotations: Tensor, radius: float | None = None) -> Tensor:
-            return self.pose_loss(rotations, shifts, batch, target, volume, radius)
+        def cost(rotations: Tensor, radius: float | None = None, shifts: Tensor | None = None) -> Tensor:
+            at = self.table.shift[index][:, None] if self.cfg.shifts and shifts is None else shifts
+            return self.pose_loss(rotations, at, batch, target, volume, radius)
 
-        search = BeamSearchConfig(self.cfg.switch_search_width, self.cfg.switch_search_depth, gd_steps=0,
-                                  start_level=1, start_radius=self.radius_at(self.cfg.switch_search_resolution_A))
+        search = BeamSearchConfig(self.cfg.search_width, self.cfg.search_depth, gd_steps=0, start_level=1,
+                                  start_radius=self.radius_at(self.cfg.search_resolution_A),
+                                  shift_step=self.apix, shift_limit=self.encoder.max_shift_A)
         current = self.table.compose(self.table.rotvec[index], index)
-        self.table.base[index], _ = grid_search(cost, len(index), search, device=self.device, incumbent=current)
+        self.table.base[index], found, _ = beam_search(cost, len(index), search, device=self.device,
+                                                       incumbent=current, shifts=shifts)
         self.table.rotvec[index] = 0.0
-        self.searched[index] = True
+        if found is not None:
+            self.table.shift[index] = found
+        self.searched_at[index] = self.epoch
 
     def _direct_step(self, batch: dict, target: Tensor) -> dict[str, float]:
         index = batch["index"].to(self.device)
         volume = self.volume.hartley().detach()
-        if self.cfg.switch_search and not bool(self.searched[index].all()):
-            self._search_start(batch, target, index, volume)
+        if self.searching() and bool((self.searched_at[index] < self.epoch).any()):
+            self._search(batch, target, index, volume)
         for _ in range(self.cfg.pose_steps):
             rotvec, shift = self.table.leaves(index)
             rotations = self.table.compose(rotvec, index)[:, None]
@@ -170,7 +182,7 @@ class SemiAmortized(EncoderDecoder):
 
     def particle_state(self) -> list[Tensor]:
         """Every ``(N, ...)`` tensor a step updates by particle (merged across ranks in distributed runs)."""
-        rows = [self.best_rotations, self.best_shifts, self.searched]
+        rows = [self.best_rotations, self.best_shifts, self.searched_at]
         if self.table is not None:
             rows += [self.table.base, self.table.rotvec, self.table.shift, *self.opt_pose.exp_avg,
                      *self.opt_pose.exp_avg_sq, self.opt_pose.steps]
@@ -181,14 +193,14 @@ class SemiAmortized(EncoderDecoder):
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "best_rotations": self.best_rotations, "best_shifts": self.best_shifts,
-                "wins": self.wins, "searched": self.searched,
+                "wins": self.wins, "searched_at": self.searched_at,
                 "table": None if self.table is None else self.table.state_dict(),
                 "opt_pose": None if self.opt_pose is None else self.opt_pose.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_rotations.copy_(state["best_rotations"])
         self.best_shifts.copy_(state["best_shifts"])
-        self.searched.copy_(state.get("searched", torch.zeros_like(self.searched)))  # runs from before the option
+        self.searched_at.copy_(state["searched_at"])
         self.wins.copy_(state["wins"])
         if state["table"] is not None:
             self.switch()

@@ -1,0 +1,56 @@
+"""Semi-amortized stage 2 through the training loop (32 px, 1,000 images), from a map such as stage 1 leaves it."""
+
+from __future__ import annotations
+
+import numpy as np
+import roma
+import torch
+
+from cryopose.io import read_particles
+from cryopose.io.dataset import ParticleDataset
+from cryopose.io.mrc import read_map
+from cryopose.methods.losses import noise_sigma, signal_shell_rms
+from cryopose.methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
+from cryopose.physics.fourier import hartley3_centered, radius_grid
+from cryopose.reconstruct import evaluator
+from cryopose.simulation.simulate import SimulationConfig, simulate
+from cryopose.train.loop import LoopConfig, train
+from cryopose.train.run_dir import MetricsLog
+
+
+def test_direct_stage_from_a_20A_map_finds_the_poses_and_sharpens_the_map(tmp_path):
+    """Stage 1 hands over a map fitted up to 20 Å and poses mostly wrong (random here); the search of the first
+    direct epoch puts most particles near their pose (scored up to 20 Å, the band at the switch), and the
+    per-particle pose steps and volume steps, the band widening over 3 epochs, then take the map from 20 Å to
+    under 10 Å. Measured: 19.9, 18.6, 17.5, 16.6, 10.3, 9.3, 8.8 Å; median pose error 131° → 8.5° after the search,
+    8.4° at the end (62 % within 10°; the map, fitted by 750 Adam steps, still limits the poses)."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    simulate(SimulationConfig(source="demo", box=32, apix=3.0, n=1000, snr=0.5, seed=2), data)
+    run.mkdir()
+    table = read_particles(data / "particles.star")
+    dataset = ParticleDataset(table)
+    stats = dataset.__getitems__(np.arange(256))
+    sigma = noise_sigma(stats["images"])
+    init_rms = signal_shell_rms(stats["images"], stats["ctf"], table.apix, sigma)
+    cfg = SemiAmortizedConfig(heads=2, switch_epoch=0, search_epochs=(0,))
+    method = SemiAmortized(cfg, len(dataset), 32, table.apix, sigma, torch.device("cpu"), init_rms=init_rms)
+    truth = torch.tensor(np.array(read_map(data / "ground_truth.mrc").data), dtype=torch.float64)
+    inside = radius_grid(32) <= method.radius_start  # the 20 Å band; beyond it the decoder as initialised
+    method.volume.set_hartley(torch.where(inside, hartley3_centered(truth) / (dataset.std * sigma),
+                                          method.volume.hartley().double()))
+    method.best_rotations = roma.random_rotmat(len(dataset), generator=torch.Generator().manual_seed(0))
+    measure = evaluator(table.apix, truth.float(), table.rotations)
+    records = [measure(method.density(), *method.poses())]
+
+    def hook(epoch: int, m: SemiAmortized) -> dict:
+        records.append(measure(m.density(), *m.poses()))
+        return records[-1]
+
+    train(method, dataset, run, LoopConfig(epochs=6, batch=8), torch.device("cpu"), MetricsLog(run / "log.jsonl"),
+          on_epoch_end=hook)
+    resolution = [r["resolution_0.5_A"] for r in records]
+    median = [r["pose_error_median_deg"] for r in records]
+    assert resolution[0] > 18 and median[0] > 90
+    assert all(b < a for a, b in zip(resolution, resolution[1:]))  # sharper every epoch
+    assert resolution[-1] < 10 and median[1] < 10 and median[-1] < 10
+    assert records[-1]["pose_within_10deg"] > 0.55
