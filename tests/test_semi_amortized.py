@@ -54,3 +54,29 @@ def test_direct_stage_from_a_20A_map_finds_the_poses_and_sharpens_the_map(tmp_pa
     assert all(b < a for a, b in zip(resolution, resolution[1:]))  # sharper every epoch
     assert resolution[-1] < 10 and median[1] < 10 and median[-1] < 10
     assert records[-1]["pose_within_10deg"] > 0.55
+
+
+def test_head_shares_of_an_epoch_resumed_midway_count_every_batch(tmp_path):
+    """The share of images won by each head (cryoSPIN Fig. 5) covers the whole epoch when the run was
+    checkpointed and resumed inside it."""
+    simulate(SimulationConfig(source="demo", box=32, apix=3.0, n=64, snr=1.0, seed=3), tmp_path)
+    dataset = ParticleDataset(read_particles(tmp_path / "particles.star"))
+    batches = [dataset.__getitems__(np.arange(i, i + 16)) for i in range(0, 64, 16)]
+    cfg = SemiAmortizedConfig(heads=3, switch_epoch=2)
+
+    def fresh() -> SemiAmortized:
+        return SemiAmortized(cfg, len(dataset), 32, dataset.pixel_size_A, 1.0, torch.device("cpu"))
+
+    method = fresh()
+    method.begin_epoch(0)
+    for batch in batches[:2]:
+        method.step(batch)
+    resumed = fresh()  # the checkpoint taken after two of the four batches, loaded the way train() resumes
+    resumed.load_state_dict(method.state_dict())
+    resumed.begin_epoch(0)
+    for batch in batches[2:]:
+        resumed.step(batch)
+    assert int(resumed.wins.sum()) == 64
+    share = resumed.end_epoch(0)["head_share"]
+    assert len(share) == 3 and abs(sum(share) - 1.0) < 1e-3
+    assert int(resumed.wins.sum()) == 0  # the next epoch counts afresh

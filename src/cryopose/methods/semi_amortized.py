@@ -85,7 +85,6 @@ class SemiAmortized(EncoderDecoder):
 
     def begin_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.wins.zero_()
         self.set_band(epoch, self.cfg.band_ramp_epochs, hold_epochs=self.cfg.switch_epoch)
         if self.stage(epoch) == "direct" and self.table is None:
             self.switch()
@@ -168,6 +167,7 @@ class SemiAmortized(EncoderDecoder):
         if self.stage(epoch) != "amortized":
             return {}
         share = (self.wins.float() / self.wins.sum().clamp(min=1)).tolist()
+        self.wins.zero_()  # here, not in begin_epoch: a run resumed mid-epoch keeps the wins counted before
         return {"head_share": [round(s, 4) for s in share]}
 
     # ---------------------------------------------------------------------------------------------- results
