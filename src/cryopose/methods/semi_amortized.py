@@ -126,10 +126,10 @@ class SemiAmortized(EncoderDecoder):
     @torch.no_grad()
     def _search(self, batch: dict, target: Tensor, index: Tensor, volume: Tensor) -> None:
         """Global search for the batch (module doc); each particle keeps the better of it and its current pose."""
-        shifts = self.table.shift[index] if self.cfg.shifts else None
+        own = self.table.shift[index] if self.cfg.shifts else None  # (B, 2) Å: the search starts from them
 
         def cost(rotations: Tensor, radius: float | None = None, shifts: Tensor | None = None) -> Tensor:
-            at = self.table.shift[index][:, None] if self.cfg.shifts and shifts is None else shifts
+            at = own[:, None] if shifts is None and own is not None else shifts
             return self.pose_loss(rotations, at, batch, target, volume, radius)
 
         search = BeamSearchConfig(self.cfg.search_width, self.cfg.search_depth, gd_steps=0, start_level=1,
@@ -137,7 +137,7 @@ class SemiAmortized(EncoderDecoder):
                                   shift_step=self.apix, shift_limit=self.encoder.max_shift_A)
         current = self.table.compose(self.table.rotvec[index], index)
         self.table.base[index], found, _ = beam_search(cost, len(index), search, device=self.device,
-                                                       incumbent=current, shifts=shifts)
+                                                       incumbent=current, shifts=own)
         self.table.rotvec[index] = 0.0
         if found is not None:
             self.table.shift[index] = found
