@@ -7,6 +7,7 @@ import pytest
 import roma
 import torch
 
+from cryopose.backproject import backproject_dataset
 from cryopose.evaluate.align import MapAlignment, near_symmetry
 from cryopose.evaluate.poses import pose_error
 from cryopose.io import read_particles
@@ -69,3 +70,23 @@ def test_relaxation_breaks_a_blend_of_4ake_poses_and_their_mates(shared_data, tm
     assert abs(record["symmetry_angle_deg"] - 180.0) < 2.0
     assert after.rotation_within_10deg > 0.9 and after.rotation_median_deg < 0.1  # the true poses themselves
     assert record["rounds"] < 20 and record["last_changed"] < 0.005
+
+
+def test_relaxation_breaks_a_blend_of_noisy_poses_in_turns(shared_data, tmp_path):
+    """Poses of a run are a few degrees off. Scoring both halves at once against the other's previous map, regions
+    of views where the halves disagree swap sense every round and the blend persists (measured: 79 % within 10°,
+    27 % of the particles still changing side after 40 rounds); scoring them in turns converges (87 %, 30 rounds)."""
+    simulate(SimulationConfig(source=str(shared_data / "models/4AKE.pdb"), box=32, apix=4.0, n=2000, snr=0.5,
+                              seed=1), tmp_path)
+    table = read_particles(tmp_path / "particles.star")
+    dataset = ParticleDataset(table)
+    rng = np.random.default_rng(0)
+    mates = near_symmetry(_map(tmp_path), voxel_size_A=4.0).transform_poses(table.rotations)[0]
+    blend = np.where((rng.random(len(table)) < 0.5)[:, None, None], mates, table.rotations)
+    errors = torch.as_tensor(rng.normal(size=(len(table), 3)) * np.deg2rad(2.0) / np.sqrt(3))  # 2° rms
+    noisy = blend @ roma.rotvec_to_rotmat(errors).numpy()
+    volume, = backproject_dataset(dataset, noisy, None)
+    sigma = noise_sigma(dataset.__getitems__(np.arange(512))["images"])
+    rot, _, record = relax_pseudo_symmetry(dataset, volume, noisy, None, sigma)
+    assert record["relaxed"] and record["last_changed"] < 0.005 and record["rounds"] < 40
+    assert pose_error(rot, table.rotations).rotation_within_10deg > 0.83

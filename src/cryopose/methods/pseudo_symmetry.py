@@ -11,9 +11,12 @@ correlates above a threshold, run a two-class expectation-maximisation over {pos
 manner of RELION's ``--relax_sym`` but without a given point group: the even and odd particles are reconstructed
 separately, each weighted by the probability of each of its two poses, and each particle is scored against the
 map of the *other* half. Without that split a particle's own contribution to the map keeps it where it is and the
-blend does not break; with it the asymmetric part of the map grows from the noise, round after round. Each half
-can break the symmetry either way; when the two disagree (the total log-likelihood of one half's assignment under
-the other's map is negative), the even half is turned round so that both follow one sense.
+blend does not break; with it the asymmetric part of the map grows from the noise, round after round. The halves
+take turns (Gauss–Seidel): the even particles are scored against the odd map and their map is rebuilt, then the odd
+particles are scored against that. Updating both at once against each other's map of the previous round (Jacobi)
+lets regions of views where the halves disagree swap sense every round: with poses a few degrees off, as a run's
+are, a quarter of the particles still changed side every round after 40 rounds and the blend persisted. In turns,
+the second half meets a map that already follows the first half's sense, and the two settle in one.
 """
 
 from __future__ import annotations
@@ -52,44 +55,38 @@ class RelaxConfig:
     batch: int = 256
 
 
-def _half_maps(dataset: ParticleDataset, poses: tuple[Tensor, Tensor], shifts: tuple[Tensor | None, Tensor | None],
-               p_first: Tensor, batch: int, device) -> list[Tensor]:
-    """Maps ``(D, D, D)`` of the even and odd particles, each inserted at ``poses[0]`` with weight ``p_first``
-    and at ``poses[1]`` with ``1 − p_first``."""
-    parts = [BackprojectionAccumulator(dataset.box, device=device) for _ in range(2)]
-    for b in make_loader(dataset, batch):
-        index = b["index"]
-        for half, acc in enumerate(parts):
-            sel = index % 2 == half
-            keep = index[sel]
-            for rot, shift, weight in zip(poses, shifts, (p_first, 1 - p_first)):
-                acc.add(b["images"][sel], rot[keep], None if shift is None else shift[keep], b["ctf"][sel],
-                        dataset.pixel_size_A, image_weights=weight[keep])
-    return [acc.finalize() for acc in parts]
+def _half_map(dataset: ParticleDataset, half: int, poses: tuple[Tensor, Tensor],
+              shifts: tuple[Tensor | None, Tensor | None], p_first: Tensor, batch: int, device) -> Tensor:
+    """Map ``(D, D, D)`` of the particles of one half (``index % 2 == half``), each inserted at ``poses[0]`` with
+    weight ``p_first`` and at ``poses[1]`` with ``1 − p_first``."""
+    acc = BackprojectionAccumulator(dataset.box, device=device)
+    for b in make_loader(dataset, batch, sampler=range(half, len(dataset), 2)):
+        keep = b["index"]
+        for rot, shift, weight in zip(poses, shifts, (p_first, 1 - p_first)):
+            acc.add(b["images"], rot[keep], None if shift is None else shift[keep], b["ctf"], dataset.pixel_size_A,
+                    image_weights=weight[keep])
+    return acc.finalize()
 
 
-def _log_odds(dataset: ParticleDataset, half_maps: list[Tensor], poses: tuple[Tensor, Tensor],
+def _log_odds(dataset: ParticleDataset, half: int, other_map: Tensor, poses: tuple[Tensor, Tensor],
               shifts: tuple[Tensor | None, Tensor | None], sigma: float, batch: int, device) -> Tensor:
-    """Log-likelihood ratio ``(N,)`` of ``poses[0]`` over ``poses[1]`` for every particle, scored against the map
-    of the other half (Gaussian noise ``sigma`` per Fourier coefficient, amplitude fitted per candidate)."""
-    volumes = [hartley3_centered(v.double()).float().to(device) for v in half_maps[::-1]]  # even <- odd map
+    """Log-likelihood ratio ``(⌈(N − half) / 2⌉,)`` of ``poses[0]`` over ``poses[1]`` for the particles of one half,
+    in index order, scored against ``other_map`` ``(D, D, D)`` (Gaussian noise ``sigma`` per Fourier coefficient,
+    amplitude fitted per candidate)."""
+    volume = hartley3_centered(other_map.double()).float().to(device)
     pixels = torch.nonzero(circular_mask(dataset.box, device=device).flatten()).squeeze(1)
-    out = torch.empty(len(dataset))
-    for b in make_loader(dataset, batch):
-        index = b["index"]
-        target = target_spectra(b["images"].to(device), sigma, pixels)
-        for half, volume in enumerate(volumes):
-            sel = index % 2 == half
-            keep = index[sel]
-            rot = torch.stack([p[keep] for p in poses], 1).to(device)
-            shift = None if shifts[0] is None else torch.stack([s[keep] for s in shifts], 1).to(device)
-            pred = render(volume, rot, dataset.pixel_size_A, ctf=b["ctf"][sel].to(device), shifts_A=shift,
-                          real_space=False, pixels=pixels) / sigma
-            y = target[sel.to(device)]
-            fit = (pred.conj() * y[:, None]).real.sum(-1).square() / pred.abs().square().sum(-1).clamp(min=1e-12)
-            cost = y.abs().square().sum(-1)[:, None] - fit  # least-squares residual with the best amplitude
-            out[keep] = 0.5 * (cost[:, 1] - cost[:, 0]).cpu()
-    return out
+    out = []
+    for b in make_loader(dataset, batch, sampler=range(half, len(dataset), 2)):
+        keep = b["index"]
+        rot = torch.stack([p[keep] for p in poses], 1).to(device)
+        shift = None if shifts[0] is None else torch.stack([s[keep] for s in shifts], 1).to(device)
+        pred = render(volume, rot, dataset.pixel_size_A, ctf=b["ctf"].to(device), shifts_A=shift,
+                      real_space=False, pixels=pixels) / sigma
+        y = target_spectra(b["images"].to(device), sigma, pixels)
+        fit = (pred.conj() * y[:, None]).real.sum(-1).square() / pred.abs().square().sum(-1).clamp(min=1e-12)
+        cost = y.abs().square().sum(-1)[:, None] - fit  # least-squares residual with the best amplitude
+        out.append(0.5 * (cost[:, 1] - cost[:, 0]).cpu())
+    return torch.cat(out)
 
 
 def relax_pseudo_symmetry(dataset: ParticleDataset, volume: Tensor, rotations: np.ndarray,
@@ -110,16 +107,16 @@ def relax_pseudo_symmetry(dataset: ParticleDataset, volume: Tensor, rotations: n
     poses = tuple(torch.as_tensor(r, dtype=torch.float32) for r in (rotations, mate_rot))
     shifts = tuple(None if s is None else torch.as_tensor(s, dtype=torch.float32) for s in (shifts_A, mate_shift))
     p_first = torch.ones(len(dataset))  # start from the run's own poses (a blend is as good as a random split)
-    even = torch.arange(len(dataset)) % 2 == 0
+    halves = [torch.arange(half, len(dataset), 2) for half in (0, 1)]
+    maps = [_half_map(dataset, half, poses, shifts, p_first, cfg.batch, device) for half in (0, 1)]
     bar = tqdm(range(cfg.rounds), desc="pseudo-symmetry", unit="round", leave=False)
     for rounds in bar:
-        maps = _half_maps(dataset, poses, shifts, p_first, cfg.batch, device)
-        log_odds = _log_odds(dataset, maps, poses, shifts, sigma, cfg.batch, device)
-        new = torch.sigmoid(log_odds)
-        if float(((2 * p_first - 1) * log_odds).sum()) < 0:  # each half followed the other's sense: keep one
-            new[even] = 1 - new[even]
-        changed = float(((new < 0.5) != (p_first < 0.5)).double().mean())
-        p_first = new
+        changed = 0.0
+        for half, index in enumerate(halves):  # in turn: the odd half is scored against the even map just rebuilt
+            new = torch.sigmoid(_log_odds(dataset, half, maps[1 - half], poses, shifts, sigma, cfg.batch, device))
+            changed += float(((new < 0.5) != (p_first[index] < 0.5)).sum()) / len(dataset)
+            p_first[index] = new
+            maps[half] = _half_map(dataset, half, poses, shifts, p_first, cfg.batch, device)
         bar.set_postfix(changed=f"{changed:.3f}", confidence=f"{float((2 * p_first - 1).abs().mean()):.2f}")
         if changed < cfg.tolerance:
             break
