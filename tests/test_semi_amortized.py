@@ -1,6 +1,9 @@
-"""Semi-amortized stage 2 through the training loop (32 px, 1,000 images), from a map such as stage 1 leaves it."""
+"""Semi-amortized reconstruction on small data (32 px, 1,000 images): stage 2 from a map such as stage 1 leaves it,
+and the whole job through both stages."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import roma
@@ -12,7 +15,7 @@ from cryopose.io.mrc import read_map
 from cryopose.methods.losses import noise_sigma, signal_shell_rms
 from cryopose.methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
 from cryopose.physics.fourier import hartley3_centered, radius_grid
-from cryopose.reconstruct import evaluator
+from cryopose.reconstruct import evaluator, reconstruct
 from cryopose.simulation.simulate import SimulationConfig, simulate
 from cryopose.train.loop import LoopConfig, train
 from cryopose.train.run_dir import MetricsLog
@@ -54,6 +57,26 @@ def test_direct_stage_from_a_20A_map_finds_the_poses_and_sharpens_the_map(tmp_pa
     assert all(b < a for a, b in zip(resolution, resolution[1:]))  # sharper every epoch
     assert resolution[-1] < 10 and median[1] < 10 and median[-1] < 10
     assert records[-1]["pose_within_10deg"] > 0.55
+
+
+def test_both_stages_from_nothing_reach_the_poses_by_repeated_searches(tmp_path):
+    """The whole job from a random start. Stage 1 (8 epochs, 1,000 steps) fits a 20 Å map but its encoder learns
+    no poses (median ~125°, as random); after the switch, a global search every other epoch re-poses the
+    particles under a map that each search and the pose and volume steps in between sharpen. Measured on one
+    thread (data seeds 2 / 3): 21.9 / 21.7 Å and 125° / 125° at the switch; medians after the searches 81, 29, 21,
+    16, 12° and at the end 11.2° / 13.2° (43 % / 37 % within 10°), maps 8.2 / 8.4 Å; seed 2 on two threads (other
+    rounding, another path): 14.5°, 27 %, 9.0 Å. With the default single search (8 + 6 epochs) the median ended
+    at 98°."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    simulate(SimulationConfig(source="demo", box=32, apix=3.0, n=1000, snr=0.5, seed=2), data)
+    reconstruct(data / "particles.star", run, epochs=20, batch=8, ref=data / "ground_truth.mrc",
+                relax_symmetry=False, options={"switch_epoch": 8, "search_epochs": (0, 2, 4, 6, 8)})
+    records = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+    switch, last = records[7], records[-1]
+    assert switch["stage"] == "amortized" and last["stage"] == "direct"
+    assert switch["resolution_0.5_A"] > 20 and switch["pose_error_median_deg"] > 100
+    assert last["resolution_0.5_A"] < 10 and last["pose_error_median_deg"] < 18
+    assert last["pose_within_10deg"] > 0.2
 
 
 def test_head_shares_of_an_epoch_resumed_midway_count_every_batch(tmp_path):

@@ -17,7 +17,8 @@ each particle, the first time it is seen in the epoch, is also searched globally
 map (:func:`cryopose.methods.beam_search.beam_search` without its gradient steps, from the 576 cells of level 1
 scored up to ``search_resolution_A``, shifts searched locally around the particle's own) and keeps whichever of its
 current pose and the searched one fits its image better: poses far from the right basin cannot be repaired by local
-pose steps. The default searches once, when the band has widened to Nyquist (epoch ``band_ramp_epochs``).
+pose steps. The default searches once, when the band has widened to Nyquist (epoch ``band_ramp_epochs``); where
+stage 1 leaves no pose information, searching every other epoch lets map and poses bootstrap each other (README).
 """
 
 from __future__ import annotations
