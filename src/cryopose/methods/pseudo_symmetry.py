@@ -17,6 +17,15 @@ particles are scored against that. Updating both at once against each other's ma
 lets regions of views where the halves disagree swap sense every round: with poses a few degrees off, as a run's
 are, a quarter of the particles still changed side every round after 40 rounds and the blend persisted. In turns,
 the second half meets a map that already follows the first half's sense, and the two settle in one.
+
+Before each scoring both candidate rotations of a particle take a few Adam steps against the map they are scored
+against. A run's poses were refined under the blended map, and scored as they are they hold the blend: on a 4AKE
+run with shifts (10,000 images, 64 px, SNR 0.1; 94 % within 10° of the truth or its mate) the EM settled at 48 %
+of the truth, whether it started from the run's senses or from an even split, although the true map picks the
+true side for 88–90 % of those poses; with each particle put exactly at the truth or its mate, the same pattern of
+senses broke to 95 % in 6 rounds. Refined in the EM (3 steps of rotation and shift per candidate and round, the
+rate halved every 10 rounds so that the poses settle, scored up to 6 Å) the run's poses reach 82.7 % of the truth,
+median 2.05°, 4.06 Å in 31 rounds (13 min on one thread).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import roma
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -45,6 +55,11 @@ class RelaxConfig:
     exclude_deg: rotations closer than this to the identity (degrees) are not symmetries (a smooth map correlates
         well with itself turned a little: 0.77 at 32° for an early 4AKE map).
     rounds: most EM rounds; ``tolerance``: stop when fewer than this share of particles change side in a round.
+    refine_steps: Adam steps on both candidate poses (rotation and shift) of every particle, against the map it
+        is scored against, before each scoring (0: score the poses as given); ``refine_lr``: their rate in the
+        first round (radians; shifts the same at half the box), halved every 10 rounds.
+    resolution_A: highest resolution scored and refined (Å; None: Nyquist); the cost of a round scales with the
+        number of Fourier pixels inside it.
     batch: images per batch.
     """
 
@@ -52,6 +67,9 @@ class RelaxConfig:
     exclude_deg: float = 60.0
     rounds: int = 40
     tolerance: float = 0.005
+    refine_steps: int = 3
+    refine_lr: float = 0.005
+    resolution_A: float | None = 6.0
     batch: int = 256
 
 
@@ -68,23 +86,52 @@ def _half_map(dataset: ParticleDataset, half: int, poses: tuple[Tensor, Tensor],
     return acc.finalize()
 
 
+def _residual(volume: Tensor, batch: dict, rotations: Tensor, shifts: Tensor | None, pixel_size_A: float,
+              sigma: float, pixels: Tensor) -> Tensor:
+    """Least-squares residual ``(B, 2)`` of each image under each of its two poses ``rotations`` ``(B, 2, 3, 3)``
+    (and ``shifts`` ``(B, 2, 2)`` Å), with the best amplitude fitted per pose, in whitened units."""
+    pred = render(volume, rotations, pixel_size_A, ctf=batch["ctf"], shifts_A=shifts, real_space=False,
+                  pixels=pixels) / sigma
+    y = target_spectra(batch["images"], sigma, pixels)
+    fit = (pred.conj() * y[:, None]).real.sum(-1).square() / pred.abs().square().sum(-1).clamp(min=1e-12)
+    return y.abs().square().sum(-1)[:, None] - fit
+
+
 def _log_odds(dataset: ParticleDataset, half: int, other_map: Tensor, poses: tuple[Tensor, Tensor],
-              shifts: tuple[Tensor | None, Tensor | None], sigma: float, batch: int, device) -> Tensor:
+              shifts: tuple[Tensor | None, Tensor | None], sigma: float, cfg: RelaxConfig, lr: float,
+              device) -> Tensor:
     """Log-likelihood ratio ``(⌈(N − half) / 2⌉,)`` of ``poses[0]`` over ``poses[1]`` for the particles of one half,
     in index order, scored against ``other_map`` ``(D, D, D)`` (Gaussian noise ``sigma`` per Fourier coefficient,
-    amplitude fitted per candidate)."""
+    amplitude fitted per candidate). Both candidate poses are first refined against that map by ``cfg.refine_steps``
+    Adam steps of rate ``lr`` (radians; shifts the same at half the box), in place in ``poses`` and ``shifts``."""
     volume = hartley3_centered(other_map.double()).float().to(device)
-    pixels = torch.nonzero(circular_mask(dataset.box, device=device).flatten()).squeeze(1)
+    radius = None if cfg.resolution_A is None else dataset.box * dataset.pixel_size_A / cfg.resolution_A
+    pixels = torch.nonzero(circular_mask(dataset.box, radius, device=device).flatten()).squeeze(1)
     out = []
-    for b in make_loader(dataset, batch, sampler=range(half, len(dataset), 2)):
+    for b in make_loader(dataset, cfg.batch, sampler=range(half, len(dataset), 2)):
         keep = b["index"]
+        b = {"images": b["images"].to(device), "ctf": b["ctf"].to(device)}
         rot = torch.stack([p[keep] for p in poses], 1).to(device)
         shift = None if shifts[0] is None else torch.stack([s[keep] for s in shifts], 1).to(device)
-        pred = render(volume, rot, dataset.pixel_size_A, ctf=b["ctf"].to(device), shifts_A=shift,
-                      real_space=False, pixels=pixels) / sigma
-        y = target_spectra(b["images"].to(device), sigma, pixels)
-        fit = (pred.conj() * y[:, None]).real.sum(-1).square() / pred.abs().square().sum(-1).clamp(min=1e-12)
-        cost = y.abs().square().sum(-1)[:, None] - fit  # least-squares residual with the best amplitude
+        if cfg.refine_steps:
+            turn = torch.zeros(len(keep), 2, 3, device=device, requires_grad=True)
+            move = torch.zeros(len(keep), 2, 2, device=device, requires_grad=shift is not None)
+            opt = torch.optim.Adam([{"params": [turn], "lr": lr},
+                                    {"params": [move], "lr": lr * dataset.box * dataset.pixel_size_A / 2}])
+            for _ in range(cfg.refine_steps):
+                opt.zero_grad()
+                _residual(volume, b, rot @ roma.rotvec_to_rotmat(turn), None if shift is None else shift + move,
+                          dataset.pixel_size_A, sigma, pixels).sum().backward()
+                opt.step()
+            rot = rot @ roma.rotvec_to_rotmat(turn.detach())
+            for i, p in enumerate(poses):
+                p[keep] = rot[:, i].to(p)
+            if shift is not None:
+                shift = shift + move.detach()
+                for i, s in enumerate(shifts):
+                    s[keep] = shift[:, i].to(s)
+        with torch.no_grad():
+            cost = _residual(volume, b, rot, shift, dataset.pixel_size_A, sigma, pixels)
         out.append(0.5 * (cost[:, 1] - cost[:, 0]).cpu())
     return torch.cat(out)
 
@@ -104,8 +151,8 @@ def relax_pseudo_symmetry(dataset: ParticleDataset, volume: Tensor, rotations: n
     if not record["relaxed"]:
         return rotations, shifts_A, record
     mate_rot, mate_shift = sym.transform_poses(rotations, shifts_A)
-    poses = tuple(torch.as_tensor(r, dtype=torch.float32) for r in (rotations, mate_rot))
-    shifts = tuple(None if s is None else torch.as_tensor(s, dtype=torch.float32) for s in (shifts_A, mate_shift))
+    poses = tuple(torch.tensor(r, dtype=torch.float32) for r in (rotations, mate_rot))  # refined in place
+    shifts = tuple(None if s is None else torch.tensor(s, dtype=torch.float32) for s in (shifts_A, mate_shift))
     p_first = torch.ones(len(dataset))  # start from the run's own poses (a blend is as good as a random split)
     halves = [torch.arange(half, len(dataset), 2) for half in (0, 1)]
     maps = [_half_map(dataset, half, poses, shifts, p_first, cfg.batch, device) for half in (0, 1)]
@@ -113,7 +160,8 @@ def relax_pseudo_symmetry(dataset: ParticleDataset, volume: Tensor, rotations: n
     for rounds in bar:
         changed = 0.0
         for half, index in enumerate(halves):  # in turn: the odd half is scored against the even map just rebuilt
-            new = torch.sigmoid(_log_odds(dataset, half, maps[1 - half], poses, shifts, sigma, cfg.batch, device))
+            lr = cfg.refine_lr * 0.5 ** (rounds / 10)  # halved every 10 rounds, so that the poses settle
+            new = torch.sigmoid(_log_odds(dataset, half, maps[1 - half], poses, shifts, sigma, cfg, lr, device))
             changed += float(((new < 0.5) != (p_first[index] < 0.5)).sum()) / len(dataset)
             p_first[index] = new
             maps[half] = _half_map(dataset, half, poses, shifts, p_first, cfg.batch, device)
@@ -123,8 +171,9 @@ def relax_pseudo_symmetry(dataset: ParticleDataset, volume: Tensor, rotations: n
     to_mate = (p_first < 0.5).numpy()
     if to_mate.mean() > 0.5:  # the same assignment seen from the other sense: move the fewer particles
         to_mate = ~to_mate
-    rot = np.where(to_mate[:, None, None], mate_rot, rotations)
-    shift = None if shifts_A is None else np.where(to_mate[:, None], mate_shift, shifts_A)
+    rot = np.where(to_mate[:, None, None], poses[1].double().numpy(), poses[0].double().numpy())
+    shift = None if shifts_A is None else np.where(to_mate[:, None], shifts[1].double().numpy(),
+                                                   shifts[0].double().numpy())
     record.update(rounds=rounds + 1, last_changed=changed, moved_to_mate=float(to_mate.mean()),
                   confidence=float((2 * p_first - 1).abs().mean()))
     return rot, shift, record
