@@ -18,10 +18,10 @@ lets regions of views where the halves disagree swap sense every round: with pos
 are, a quarter of the particles still changed side every round after 40 rounds and the blend persisted. In turns,
 the second half meets a map that already follows the first half's sense, and the two settle in one.
 
-Before each scoring both candidate rotations of a particle take a few Adam steps against the map they are scored
-against. A run's poses were refined under the blended map, and scored as they are they hold the blend: on a 4AKE
-run with shifts (10,000 images, 64 px, SNR 0.1; 94 % within 10° of the truth or its mate) the EM settled at 48 %
-of the truth, whether it started from the run's senses or from an even split, although the true map picks the
+Before each scoring both candidate poses (rotation and shift) of a particle take a few Adam steps against the map
+they are scored against. A run's poses were refined under the blended map, and scored as they are they hold the
+blend: on a 4AKE run with shifts (10,000 images, 64 px, SNR 0.1; 94 % within 10° of the truth or its mate) the EM
+settled at 48 % of the truth, whether it started from the run's senses or from an even split, although the true map picks the
 true side for 88–90 % of those poses; with each particle put exactly at the truth or its mate, the same pattern of
 senses broke to 95 % in 6 rounds. Refined in the EM (3 steps of rotation and shift per candidate and round, the
 rate halved every 10 rounds so that the poses settle, scored up to 6 Å) the run's poses reach 82.7 % of the truth,
