@@ -68,7 +68,8 @@ def test_relaxation_breaks_a_blend_of_4ake_poses_and_their_mates(shared_data, tm
     after = pose_error(rot, table.rotations)
     assert record["relaxed"] and record["symmetry_correlation"] > 0.9
     assert abs(record["symmetry_angle_deg"] - 180.0) < 2.0
-    # the true poses, refined in the EM against half maps of 4 Å pixels (measured: median 1.4° off the truth)
+    # the true poses, refined in the EM against half maps of 4 Å pixels
+    # (measured: median 1.6° off the truth, 97.6 % within 10°, 9 rounds)
     assert after.rotation_within_10deg > 0.9 and after.rotation_median_deg < 2.5
     assert record["rounds"] < 20 and record["last_changed"] < 0.005
 
@@ -76,7 +77,8 @@ def test_relaxation_breaks_a_blend_of_4ake_poses_and_their_mates(shared_data, tm
 def test_relaxation_breaks_a_blend_of_noisy_poses_in_turns(shared_data, tmp_path):
     """Poses of a run are a few degrees off. Scoring both halves at once against the other's previous map, regions
     of views where the halves disagree swap sense every round and the blend persists (measured: 79 % within 10°,
-    27 % of the particles still changing side after 40 rounds); scoring them in turns converges (87 %, 30 rounds)."""
+    27 % of the particles still changing side after 40 rounds); scoring them in turns converges: 87.7 % in 21 rounds
+    with FSC-weighted half maps (unweighted: 85.0 %, 34 rounds)."""
     simulate(SimulationConfig(source=str(shared_data / "models/4AKE.pdb"), box=32, apix=4.0, n=2000, snr=0.5,
                               seed=1), tmp_path)
     table = read_particles(tmp_path / "particles.star")
@@ -89,5 +91,5 @@ def test_relaxation_breaks_a_blend_of_noisy_poses_in_turns(shared_data, tmp_path
     volume, = backproject_dataset(dataset, noisy, None)
     sigma = noise_sigma(dataset.__getitems__(np.arange(512))["images"])
     rot, _, record = relax_pseudo_symmetry(dataset, volume, noisy, None, sigma)
-    assert record["relaxed"] and record["last_changed"] < 0.005 and record["rounds"] < 40
-    assert pose_error(rot, table.rotations).rotation_within_10deg > 0.83
+    assert record["relaxed"] and record["last_changed"] < 0.005 and record["rounds"] < 30
+    assert pose_error(rot, table.rotations).rotation_within_10deg > 0.85
