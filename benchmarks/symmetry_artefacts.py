@@ -3,7 +3,8 @@
     python benchmarks/symmetry_artefacts.py TRUTH.mrc MAP.mrc [MAP.mrc ...]
 
 ``S`` is the truth's near-symmetry (:func:`cryopose.evaluate.align.near_symmetry`, e.g. the 180° turn that swaps
-the two protomers of HSP90). Each map is aligned onto the truth (hand included) and its asymmetric part
+the two protomers of HSP90). Each map is aligned onto the truth (hand included, and of the alignment and its
+composition with ``S`` the one that correlates better with the truth) and its asymmetric part
 ``map − S·map`` is compared with the truth's ``truth − S·truth`` by an FSC. A map averaged over both senses of the
 particles has no asymmetric part (its FSC stays near 0 at every shell); a map from the right senses follows the
 true-pose backprojection. One line per map: the correlation with the truth, that of the asymmetric parts, the FSC-0.5
@@ -42,6 +43,8 @@ def main() -> None:
           "of the variance")
     for path in args.maps:
         volume, _ = align_maps(torch.tensor(np.array(read_map(path).cubic())), truth, voxel_size_A=apix)
+        # the coarse search cannot tell the map's two senses apart (both fit the symmetric part): keep the better
+        volume = max((volume, sym.apply(volume)), key=lambda v: _correlation(v, truth))
         asym = volume - sym.apply(volume)
         freq, curve = fsc(asym, truth_asym, apix)
         freq, curve = freq[1:], curve[1:]  # from shell 2: shell 1 is a few voxels, set by the maps' centring
