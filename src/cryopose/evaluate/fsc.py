@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..physics.fourier import fft3_centered, radius_grid
+from ..physics.fourier import fft3_centered, radius_grid, shell_index
 
 
 def soft_sphere_mask(box: int, radius: float | None = None, width: float | None = None, device=None) -> Tensor:
@@ -44,7 +44,7 @@ def fsc(map_a: Tensor | np.ndarray, map_b: Tensor | np.ndarray, pixel_size_A: fl
         a, b = a * m, b * m
     d = a.shape[-1]
     fa, fb = fft3_centered(a), fft3_centered(b)
-    shell = torch.round(radius_grid(d, a.device)).long()
+    shell = shell_index(d, a.device)
     keep = shell <= d // 2
     shell = shell[keep]
     n = d // 2 + 1

@@ -48,7 +48,7 @@ from ..evaluate.align import MapAlignment, near_symmetry
 from ..evaluate.fsc import fsc
 from ..io.dataset import ParticleDataset, make_loader
 from ..physics.backproject import BackprojectionAccumulator
-from ..physics.fourier import hartley3_centered, radius_grid
+from ..physics.fourier import hartley3_centered, shell_index
 from ..physics.projection import circular_mask, render
 from .losses import target_spectra
 
@@ -113,7 +113,7 @@ def _log_odds(dataset: ParticleDataset, half: int, other_map: Tensor, shell_weig
     candidate poses are first refined against that map by ``cfg.refine_steps`` Adam steps of rate ``lr`` (radians;
     shifts the same at half the box), in place in ``poses`` and ``shifts``."""
     weights = shell_weights.to(other_map.device)
-    shell = torch.round(radius_grid(dataset.box, other_map.device)).long().clamp(max=len(weights) - 1)
+    shell = shell_index(dataset.box, other_map.device).clamp(max=len(weights) - 1)
     volume = (hartley3_centered(other_map.double()) * weights[shell]).float().to(device)
     radius = None if cfg.resolution_A is None else dataset.box * dataset.pixel_size_A / cfg.resolution_A
     pixels = torch.nonzero(circular_mask(dataset.box, radius, device=device).flatten()).squeeze(1)

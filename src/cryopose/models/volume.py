@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..physics.fourier import hartley3_centered, ihartley3_centered, radius_grid
+from ..physics.fourier import hartley3_centered, ihartley3_centered, shell_index
 
 
 class HartleyVolume(nn.Module):
@@ -34,7 +34,7 @@ class HartleyVolume(nn.Module):
         noise = torch.randn((box,) * 3, generator=generator)
         rms = torch.as_tensor(init_rms, dtype=torch.float32)
         if rms.ndim:
-            rms = rms[torch.round(radius_grid(box)).long().clamp(max=len(rms) - 1)]
+            rms = rms[shell_index(box).clamp(max=len(rms) - 1)]
         scale = torch.log(rms).expand((box,) * 3).clone()
         if mantissa_exponent:
             self.mantissa = nn.Parameter(noise)
@@ -56,7 +56,7 @@ class HartleyVolume(nn.Module):
         if not self.mantissa_exponent:
             self.coefficients.copy_(hartley)
             return
-        shell = torch.round(radius_grid(self.box, hartley.device)).long()
+        shell = shell_index(self.box, hartley.device)
         rms = torch.sqrt(torch.bincount(shell.flatten(), hartley.flatten() ** 2) / torch.bincount(shell.flatten()))
         rms = rms.clamp(min=1e-12 * float(rms.max()) + 1e-30)[shell]
         self.exponent.copy_(torch.log(rms))

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .ctf import CTFParams, compute_ctf
-from .fourier import fft2_centered, ifft3_centered, radius_grid
+from .fourier import fft2_centered, ifft3_centered, radius_grid, shell_index
 from .projection import half_disc, shift_phase, slice_coords, splat, trilinear_apodization
 
 
@@ -102,7 +102,7 @@ class BackprojectionAccumulator:
             data, weight = (_fold_nyquist(x, dim, g) for x in (data, weight))
         snr = None if self.snr is None else torch.as_tensor(self.snr, dtype=weight.dtype, device=weight.device)
         if snr is None or snr.ndim:
-            shell = _shell_index(g, self.pad, weight.device)
+            shell = shell_index(g, weight.device, self.pad)
         if snr is None:
             counts = torch.bincount(shell.flatten()).clamp(min=1)
             mean = torch.bincount(shell.flatten(), weight.flatten().double()) / counts
@@ -133,6 +133,3 @@ def _fold_nyquist(x: Tensor, dim: int, grid: int) -> Tensor:
     return out
 
 
-def _shell_index(grid: int, pad: int, device) -> Tensor:
-    """Shell ``round(|p| / pad)`` (image pixels) of every voxel of a centred ``grid``³ spectrum."""
-    return torch.round(radius_grid(grid, device) / pad).long()

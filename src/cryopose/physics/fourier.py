@@ -101,3 +101,9 @@ def radius_grid(box: int, device=None, dtype: torch.dtype = torch.float64) -> Te
     """Distance ``(D, D, D)`` of every voxel from the centre voxel ``D // 2`` (voxels, or frequency pixels)."""
     k = (torch.arange(box, device=device, dtype=dtype) - box // 2) ** 2
     return torch.sqrt(k[:, None, None] + k[None, :, None] + k[None, None, :])
+
+
+def shell_index(box: int, device=None, pad: int = 1) -> Tensor:
+    """Fourier shell ``round(|k| / pad)`` ``(D, D, D)`` int64 of every voxel of a centred ``box``³ spectrum (a
+    ``pad``-times oversampled grid gives shells in image pixels)."""
+    return torch.round(radius_grid(box, device) / pad).long()
