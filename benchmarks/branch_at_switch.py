@@ -19,12 +19,13 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cryopose.reconstruct import reconstruct
+from cryopose.jobs.reconstruct import ReconstructOptions, reconstruct
 from cryopose.train.run_dir import MetricsLog
 
 BRANCHES = ("switched", "amortized")
@@ -43,10 +44,11 @@ def _value(text: str):
 
 def branch(particles: Path, ref: Path, out: Path, switch: int, more: int, batch: int, options: dict) -> dict:
     """Run the trunk and both branches (see module doc); returns ``{branch: {"epochs": [...], "seconds": s}}``."""
-    common = dict(method="semi-amortized", batch=batch, ref=ref, relax_symmetry=False)
+    common = ReconstructOptions(method="semi-amortized", batch=batch, ref=ref, relax_symmetry=False)
     trunk = out / "trunk"
     t0 = time.time()
-    reconstruct(particles, trunk, epochs=switch, options={**options, "switch_epoch": switch}, force=True, **common)
+    reconstruct(particles, trunk, replace(common, epochs=switch, method_options={**options, "switch_epoch": switch}),
+                force=True)
     result = {"trunk": {"epochs": _epochs(trunk), "seconds": round(time.time() - t0, 1)}}
     for name in BRANCHES:
         run = out / name
@@ -54,7 +56,7 @@ def branch(particles: Path, ref: Path, out: Path, switch: int, more: int, batch:
         shutil.copytree(trunk, run)
         moved = {} if name == "switched" else {"switch_epoch": switch + more}
         t0 = time.time()
-        reconstruct(particles, run, epochs=switch + more, resume=True, options=moved, **common)
+        reconstruct(particles, run, replace(common, epochs=switch + more, method_options=moved), resume=True)
         result[name] = {"epochs": _epochs(run)[switch:], "seconds": round(time.time() - t0, 1)}
     return result
 

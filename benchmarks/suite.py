@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryopose.evaluate.measure import evaluator
 from cryopose.evaluate.poses import pose_error
 from cryopose.io import read_particles
 from cryopose.io.mrc import read_map
-from cryopose.reconstruct import evaluator
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "models"
 DATASETS = {"4AKE": ("4AKE.pdb", 2.0), "2CG9": ("2CG9.pdb", 3.0), "6VXX": ("6VXX_biovia_export.pdb", 4.0)}
@@ -116,14 +116,14 @@ def run_relion(data: Path, out: Path, preset: dict) -> tuple[dict, list[tuple[fl
     table = read_particles(data / "particles.star")
     ini, between, fin = preset["relion_iter"]
     diameter = round(0.8 * preset["box"] * table.apix)
-    cmd = ["relion_refine", "--o", str(out / "run"), "--sgd", "--denovo_3dref", "--i", "particles.star", "--ctf",
-           "--K", "1", "--sym", "C1", "--sgd_ini_iter", str(ini), "--sgd_inbetween_iter", str(between),
+    cmd = ["relion_refine", "--o", str(out / "run"), "--sgd", "--denovo_3dref", "--i", str(data / "particles.star"),
+           "--ctf", "--K", "1", "--sym", "C1", "--sgd_ini_iter", str(ini), "--sgd_inbetween_iter", str(between),
            "--sgd_fin_iter", str(fin), "--sgd_write_iter", "10", "--sgd_ini_resol", "35", "--sgd_fin_resol", "15",
            "--sgd_ini_subset", "100", "--sgd_fin_subset", "500", "--flatten_solvent", "--zero_mask",
            "--dont_combine_weights_via_disc", "--pool", "3", "--pad", "2", "--skip_gridding",
            "--particle_diameter", str(diameter), "--oversampling", "1", "--healpix_order", "1",
            "--offset_range", "6", "--offset_step", "4", "--j", str(os.cpu_count() or 1)]
-    record = measured(cmd, out / "tool.log", cwd=data)  # image paths in the STAR are relative to its folder
+    record = measured(cmd, out / "tool.log")  # our STAR names stacks from the working directory, as RELION
     maps = sorted(out.glob("run_it*_class001.mrc"))
     timeline = [(p.stat().st_mtime - record["start"], p) for p in maps]
     datas = sorted(out.glob("run_it*_data.star"))

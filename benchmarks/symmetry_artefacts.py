@@ -2,7 +2,7 @@
 
     python benchmarks/symmetry_artefacts.py TRUTH.mrc MAP.mrc [MAP.mrc ...]
 
-``S`` is the truth's near-symmetry (:func:`cryopose.evaluate.align.near_symmetry`, e.g. the 180° turn that swaps
+``S`` is the truth's near-symmetry (:func:`cryopose.physics.align.near_symmetry`, e.g. the 180° turn that swaps
 the two protomers of HSP90). Each map is aligned onto the truth (hand included, and of the alignment and its
 composition with ``S`` the one that correlates better with the truth) and its asymmetric part
 ``map − S·map`` is compared with the truth's ``truth − S·truth`` by an FSC. A map averaged over both senses of the
@@ -18,9 +18,9 @@ import argparse
 import numpy as np
 import torch
 
-from cryopose.evaluate.align import align_maps, near_symmetry
-from cryopose.evaluate.fsc import fsc, fsc_resolution
 from cryopose.io.mrc import read_map
+from cryopose.physics.align import align_maps, near_symmetry
+from cryopose.physics.fsc import fsc, fsc_resolution
 
 
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:

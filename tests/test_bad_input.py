@@ -23,7 +23,9 @@ FAST = ["--epochs", "2", "--epochs-amortized", "1", "--heads", "2", "--batch", "
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad")
-    simulate(SimulationConfig(source="demo", box=32, apix=3.0, n=96, snr=0.5, seed=2), folder)
+    with pytest.MonkeyPatch.context() as mp:  # stack names relative to the data folder: copies read their own
+        mp.chdir(folder)
+        simulate(SimulationConfig(source="demo", box=32, apix=3.0, n=96, snr=0.5, seed=2), folder)
     return folder
 
 
@@ -93,6 +95,7 @@ def test_failed_checkpoint_write_keeps_what_was_written(data, tmp_path):
     assert not (run / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_damaged_run_directory(data, tmp_path):
     """A corrupt checkpoint is named; a log line cut short by a full disk does not stop a resume."""
     run = tmp_path / "run"

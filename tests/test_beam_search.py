@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import roma
 import torch
 
+from cryopose.geometry.so3_search import grid_search
 from cryopose.io import read_particles
 from cryopose.io.dataset import ParticleDataset
 from cryopose.io.mrc import read_map
-from cryopose.methods.beam_search import BeamSearchConfig, beam_search, grid_search, refine
+from cryopose.methods.beam_search import BeamSearchConfig, beam_search, refine
 from cryopose.methods.losses import noise_sigma, slice_loss, target_spectra
 from cryopose.physics.fourier import hartley3_centered
 from cryopose.physics.projection import circular_mask, render
@@ -56,7 +59,7 @@ def _errors(rotations, truth):
 def test_global_search_then_gradient_refinement_finds_the_true_poses(problem):
     cost, truth = problem
     cfg = BeamSearchConfig(width=8, depth=5, gd_steps=20, lr=0.05)
-    searched, searched_cost = grid_search(cost, len(truth), cfg)
+    searched, searched_cost = grid_search(cost, len(truth), width=cfg.width, depth=cfg.depth)
     refined, refined_cost = refine(cost, searched, cfg.gd_steps, cfg.lr)
     grid_err, err = _errors(searched, truth), _errors(refined, truth)
     # level 5 cells are ~2° apart; the descent leaves the grid and lowers every particle's cost
@@ -76,7 +79,7 @@ def test_search_from_an_initial_pose_recovers_it_from_30_degrees(problem):
     rotations, _, _ = beam_search(cost, len(truth), BeamSearchConfig(), initial=initial)  # paper c=4, i=5, n=20
     err = _errors(rotations, truth)
     assert err.median() < 2.5 and (err < 5).float().mean() > 0.85
-    shallow, _ = grid_search(cost, len(truth), BeamSearchConfig(depth=2), initial=initial)
+    shallow, _ = grid_search(cost, len(truth), width=4, depth=2, initial=initial)
     assert _errors(shallow, truth).median() > 2 * err.median()  # depth buys precision
 
 
@@ -85,8 +88,8 @@ def test_explore_keeps_the_search_global_when_the_initial_pose_is_wrong(problem)
     (also the c best base cells) it finds the true poses."""
     cost, truth = problem
     initial = roma.random_rotmat(len(truth), generator=torch.Generator().manual_seed(2))
-    seeded, _ = grid_search(cost, len(truth), BeamSearchConfig(depth=4), initial=initial)
-    explored, _ = grid_search(cost, len(truth), BeamSearchConfig(depth=4, explore=True), initial=initial)
+    seeded, _ = grid_search(cost, len(truth), width=4, depth=4, initial=initial)
+    explored, _ = grid_search(cost, len(truth), width=4, depth=4, explore=True, initial=initial)
     assert _errors(seeded, truth).median() > 30
     err = _errors(explored, truth)
     assert err.median() < 5 and (err < 10).float().mean() > 0.65  # depth 4: cells ~4° apart; measured 3.6°, 73 %
@@ -123,24 +126,25 @@ def test_semi_amortized_search_replaces_wrong_poses(tmp_path):
     assert after.median() < 6 and (after < 15).float().mean() > 0.85  # depth-4 cells are ~4° apart
 
 
+@pytest.mark.slow
 def test_a_finer_start_finds_the_right_basin_more_often(problem):
     """Starting from all 576 cells of level 1 (scored at low frequencies only) instead of the 72 base cells."""
     cost, truth = problem
     initial = roma.random_rotmat(len(truth), generator=torch.Generator().manual_seed(3))
     shares = []
     for level, radius in ((0, None), (1, 8.0)):
-        cfg = BeamSearchConfig(width=2, depth=4, explore=True, start_level=level, start_radius=radius)
-        found, _ = grid_search(cost, len(truth), cfg, initial=initial)
+        found, _ = grid_search(cost, len(truth), width=2, depth=4, explore=True, start_level=level,
+                               start_cost=partial(cost, radius=radius), initial=initial)
         shares.append(float((_errors(found, truth) < 10).float().mean()))
     assert shares[0] < 0.8 and shares[1] > 0.9, shares  # measured 61 % and 95 % within 10°
 
 
 def test_an_incumbent_pose_is_kept_when_the_search_does_no_better(problem):
     cost, truth = problem
-    cfg = BeamSearchConfig(width=1, depth=3, explore=True)
+    grid = {"width": 1, "depth": 3, "explore": True}
     initial = roma.random_rotmat(len(truth), generator=torch.Generator().manual_seed(4))
-    alone, alone_cost = grid_search(cost, len(truth), cfg, initial=initial)
-    held, held_cost = grid_search(cost, len(truth), cfg, initial=initial, incumbent=truth)
+    alone, alone_cost = grid_search(cost, len(truth), **grid, initial=initial)
+    held, held_cost = grid_search(cost, len(truth), **grid, initial=initial, incumbent=truth)
     truth_cost = cost(truth[:, None]).squeeze(1)
     torch.testing.assert_close(held_cost, torch.minimum(alone_cost, truth_cost))
     kept = truth_cost < alone_cost

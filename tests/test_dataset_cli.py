@@ -16,7 +16,7 @@ from cryopose.io.dataset import ParticleDataset, make_loader
 from cryopose.io.mrc import write_map
 from cryopose.io.particles import ParticleTable
 from cryopose.io.star import write_star
-from cryopose.physics.fourier import fourier_crop2
+from cryopose.physics.fourier import fourier_resize
 
 
 def _make_dataset(folder, n=40, box=16, files=2, ctf=True):
@@ -58,7 +58,7 @@ def test_invert_normalize_and_downsample(tmp_path):
     np.testing.assert_allclose(all_images.numpy(), (-images - (-images).mean()) / images.std(), atol=1e-3)
     small = ParticleDataset(table, box=8, normalize=False)
     assert small.pixel_size_A == pytest.approx(4.0)
-    expected = fourier_crop2(torch.from_numpy(images[:3]), 8)
+    expected = fourier_resize(torch.from_numpy(images[:3]), 8, 2)
     torch.testing.assert_close(small.__getitems__([0, 1, 2])["images"], expected)
     for bad in (9, 32):
         with pytest.raises(InputError, match=f"--box {bad} must be even and at most the images' 16 px"):
@@ -76,7 +76,8 @@ def test_loader_covers_every_particle_once(tmp_path, workers):
     assert seen.tolist() == again.tolist()  # same seed, same order
 
 
-def test_dataset_bad_inputs(tmp_path):
+def test_dataset_bad_inputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the STAR names its stacks from here (``000020@stack1.mrcs``), as RELION does
     _, star = _make_dataset(tmp_path)
     text = star.read_text()
     (tmp_path / "missing.star").write_text(text.replace("stack1.mrcs", "nowhere.mrcs"))

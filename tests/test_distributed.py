@@ -13,9 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from conftest import checkpointed_loop, wait_for_mid_epoch_checkpoint
 
 from cryopose.io import read_particles
 from cryopose.io.mrc import read_map
@@ -32,8 +35,7 @@ def data(tmp_path_factory):
 
 
 def _start(data, run, nproc: int, *args):
-    """``cryopose reconstruct`` in ``nproc`` processes (torchrun) or one; its own process group, so it can be
-    killed whole."""
+    """``cryopose reconstruct`` in ``nproc`` processes (torchrun) or one, in a session of its own."""
     launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
               if nproc > 1 else [sys.executable])
     cmd = [*launch, "-m", "cryopose", "reconstruct", str(data / "particles.star"), "-o", str(run), *args]
@@ -44,6 +46,48 @@ def _start(data, run, nproc: int, *args):
 def _run(data, run, nproc: int, *args) -> None:
     proc = _start(data, run, nproc, *args)
     assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (torchrun starts its workers in sessions of their own, so they
+    are not in its process group and outlive a ``killpg`` of it)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _sigkill_tree(proc, nproc: int, timeout: float = 30) -> None:
+    """SIGKILL a torchrun launch and all its workers at once, and wait until none of them runs any more."""
+    workers = _descendants(proc.pid)
+    assert len(workers) >= nproc, f"torchrun runs {len(workers)} processes, expected {nproc} workers"
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while any(map(_alive, workers)):
+        assert time.monotonic() < deadline, "workers survived SIGKILL"
+        time.sleep(0.01)
 
 
 def _records(run, kind="epoch"):
@@ -66,6 +110,7 @@ def _assert_same_result(run, reference):
     assert np.abs(rb - np.eye(3)).max(axis=(1, 2)).min() > 0.05  # every particle left its start (identity)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(data, single, tmp_path):
     run = tmp_path / "ddp"
     _run(data, run, 2, *DIRECT)
@@ -74,23 +119,24 @@ def test_two_processes_equal_one(data, single, tmp_path):
     _assert_same_result(run, single)
 
 
+@pytest.mark.slow
 def test_killed_distributed_run_resumes(data, single, tmp_path):
     run = tmp_path / "killed"
     proc = _start(data, run, 2, *DIRECT, "--checkpoint-minutes", "0.002")
-    deadline = time.time() + 300
-    while not (run / "log.jsonl").exists() or len(_records(run)) < 1:
-        assert time.time() < deadline and proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.02)
-    time.sleep(0.3)  # into the second epoch, past a mid-epoch checkpoint
+    wait_for_mid_epoch_checkpoint(proc, run, 1)  # into the second epoch, past a mid-epoch checkpoint
     assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _sigkill_tree(proc, 2)
+    assert [r["epoch"] for r in _records(run)] == [0]
+    killed = checkpointed_loop(run)
+    assert killed["epoch"] == 1 and killed["batch"] > 0, killed  # resumes mid-epoch
     _run(data, run, 2, *DIRECT, "--resume")
     assert [r["epoch"] for r in _records(run)] == [0, 1, 2]
-    assert len(_records(run, "resume")) == 1
+    resumed = _records(run, "resume")
+    assert len(resumed) == 1 and resumed[0]["epoch"] == 1 and resumed[0]["batch"] == killed["batch"]
     _assert_same_result(run, single)
 
 
+@pytest.mark.slow
 def test_both_methods_run_distributed(data, tmp_path):
     """Both stages of both methods, with the counters summed over the ranks, and a resumed 2-process run."""
     run = tmp_path / "sa"
@@ -113,7 +159,6 @@ def test_both_methods_run_distributed(data, tmp_path):
 
 
 def _batchnorm_rank(rank: int, world: int, store: str, out) -> None:
-    import torch
     import torch.distributed as dist
 
     from cryopose.train.distributed import AllReduceBatchNorm, Context

@@ -10,10 +10,18 @@ import pytest
 import roma
 import torch
 
-from cryopose.evaluate.poses import MIRROR, pose_error
-from cryopose.geometry.rotations import matrix_to_relion_euler, relion_euler_to_matrix
-from cryopose.geometry.so3_grid import (cell_quaternions, children, matrix_to_quaternion, n_cells, n_psi,
-                                        nearest_cells, quaternion_distance, quaternion_to_matrix)
+from cryopose.evaluate.poses import pose_error
+from cryopose.geometry.rotations import MIRROR, matrix_to_relion_euler, relion_euler_to_matrix
+from cryopose.geometry.so3_grid import (
+    cell_quaternions,
+    children,
+    matrix_to_quaternion,
+    n_cells,
+    n_psi,
+    nearest_cells,
+    quaternion_distance,
+    quaternion_to_matrix,
+)
 
 
 def _relion_reference(rot, tilt, psi):
@@ -35,10 +43,22 @@ def test_relion_euler_matrix_matches_relion_formula():
     np.testing.assert_allclose(back, ours, atol=1e-10)
 
 
-@pytest.mark.parametrize("level", [0, 1, 2, 3])
-def test_grid_size_and_covering_radius_halves(level):
-    assert n_cells(level) == 72 * 8**level
-    assert cell_quaternions(level).shape == (72 * 8**level, 4)
+def test_grid_size_and_covering_radius_halves():
+    """Level ``k`` has ``72·8^k`` cells and every rotation lies within ``57.3°/2^k`` of its nearest cell centre
+    (2,000 random rotations; measured maxima 52.1°, 25.5°, 11.7° at levels 0-2)."""
+    for level in range(4):
+        assert n_cells(level) == 72 * 8**level
+        assert cell_quaternions(level).shape == (72 * 8**level, 4)
+    g = torch.Generator().manual_seed(0)
+    q = matrix_to_quaternion(roma.random_rotmat(2000, dtype=torch.float64, generator=g))
+    radii = []
+    for level in range(3):
+        nearest = cell_quaternions(level, nearest_cells(q, level, 1)[:, 0], dtype=torch.float64)
+        radii.append(math.degrees(float(quaternion_distance(q, nearest).max())))
+    for level, radius in enumerate(radii):
+        assert radius < 57.3 / 2**level, radii
+    for coarse, fine in zip(radii, radii[1:]):
+        assert 1.8 < coarse / fine < 2.4, radii
 
 
 def _covering_radius(level: int, samples: torch.Tensor) -> float:
@@ -47,6 +67,7 @@ def _covering_radius(level: int, samples: torch.Tensor) -> float:
     return float(2 * torch.acos(best).max())
 
 
+@pytest.mark.slow
 def test_covering_radius_halves_per_level():
     torch.manual_seed(0)
     q = roma.random_unitquat(20000).double()

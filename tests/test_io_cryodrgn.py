@@ -153,3 +153,85 @@ def test_corrupt_and_missing_pickles_are_input_errors(tmp_path):
         read_cryodrgn_poses(p, 64)
     with pytest.raises(InputError, match="not found"):
         read_cryodrgn_ctf(tmp_path / "missing.pkl")
+
+
+def test_pickles_get_the_permissions_of_any_written_file(tmp_path):
+    """The pickles are written through io.atomic (a bare mkstemp file is 0600, unreadable to the group)."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        write_cryodrgn_poses(tmp_path / "pose.pkl", np.eye(3)[None], None, 64, 1.0)
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "pose.pkl").stat().st_mode & 0o777 == 0o644
+
+
+def _ctf_table(n: int, box: int, apix: float) -> ParticleTable:
+    rng = np.random.default_rng(2)
+    ctf = {"defocus_u_A": rng.uniform(1e4, 3e4, n), "defocus_v_A": rng.uniform(1e4, 3e4, n),
+           "defocus_angle_rad": rng.uniform(0, np.pi, n), "voltage_kV": np.full(n, 300.0),
+           "cs_mm": np.full(n, 2.7), "amplitude_contrast": np.full(n, 0.1), "phase_shift_rad": np.zeros(n),
+           "bfactor_A2": np.zeros(n), "scale": np.ones(n)}
+    return ParticleTable(source=Path("x.star"), image_files=np.array(["/a.mrcs"] * n), image_indices=np.arange(n),
+                         box=box, pixel_size_A=np.full(n, apix), ctf=ctf)
+
+
+def _cryodrgn_dataset(folder: Path, n: int = 6, ctf_box: int = 32, stack_box: int = 16) -> ParticleTable:
+    """A cryoDRGN data set: ``ctf.pkl`` for a ``ctf_box`` stack at 1.5 Å, and one stack of ``stack_box``."""
+    from cryopose.io.mrc import write_map
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table = _ctf_table(n, ctf_box, 1.5)
+    write_cryodrgn_ctf(folder / "ctf.pkl", table)
+    write_map(folder / "particles.mrcs", np.zeros((n, stack_box, stack_box), np.float32), 1.5 * ctf_box / stack_box)
+    return table
+
+
+def test_read_particles_reads_a_ctf_pickle_and_its_stack(tmp_path):
+    """cryoDRGN's data set (stack + ctf.pkl): the pixel size follows the stack's box, as cryoDRGN rescales it."""
+    from cryopose.io import read_particles
+
+    written = _cryodrgn_dataset(tmp_path / "data")
+    for path, datadir in ((tmp_path / "data" / "ctf.pkl", None), (tmp_path / "ctf.pkl", tmp_path / "data")):
+        if datadir is not None:
+            (tmp_path / "data" / "ctf.pkl").rename(path)
+        table = read_particles(path, datadir=datadir)
+        assert len(table) == 6 and table.box == 16 and table.apix == pytest.approx(3.0)
+        assert list(table.image_files) == [str((tmp_path / "data" / "particles.mrcs").resolve())] * 6
+        np.testing.assert_array_equal(table.image_indices, np.arange(6))
+        for key, values in written.ctf.items():
+            np.testing.assert_allclose(table.ctf[key], values, rtol=1e-6, atol=1e-6, err_msg=key)
+        assert table.rotations is None and table.shifts_A is None
+    assert read_particles(path, datadir=datadir, apix=2.0).apix == 2.0
+
+
+def test_read_particles_pickle_without_one_matching_stack(tmp_path):
+    from cryopose.io import read_particles
+    from cryopose.io.mrc import write_map
+
+    _cryodrgn_dataset(tmp_path)
+    (tmp_path / "particles.mrcs").unlink()
+    with pytest.raises(InputError, match=r"ctf.pkl: no image stack \(\.mrcs\) in .*; pass --datadir"):
+        read_particles(tmp_path / "ctf.pkl")
+    write_map(tmp_path / "a.mrcs", np.zeros((6, 16, 16), np.float32), 3.0)
+    write_map(tmp_path / "b.mrcs", np.zeros((5, 16, 16), np.float32), 3.0)
+    with pytest.raises(InputError, match=r"ctf.pkl: 2 image stacks \(a.mrcs, b.mrcs\) in .*: which one is ambiguous"):
+        read_particles(tmp_path / "ctf.pkl")
+    (tmp_path / "a.mrcs").unlink()
+    with pytest.raises(InputError, match=r"ctf.pkl: 6 particles but the stack .*b.mrcs holds 5 images"):
+        read_particles(tmp_path / "ctf.pkl")
+    write_cryodrgn_poses(tmp_path / "pose.pkl", np.eye(3)[None].repeat(5, 0), None, 16, 3.0)
+    with pytest.raises(InputError, match="pose.pkl: holds poses, not a CTF table"):
+        read_particles(tmp_path / "pose.pkl")
+
+
+def test_cli_info_on_a_ctf_pickle(tmp_path, capsys):
+    from cryopose.cli import main
+
+    _cryodrgn_dataset(tmp_path)
+    code = main(["info", str(tmp_path / "ctf.pkl")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "particles:      6" in out.out and "box:            16 px" in out.out
+    assert "pixel size:     3 Å" in out.out and "all present and complete" in out.out

@@ -11,6 +11,8 @@ import starfile
 from cryopose.errors import InputError
 from cryopose.geometry.rotations import relion_euler_to_matrix
 from cryopose.io import read_particles
+from cryopose.io.mrc import write_map
+from cryopose.io.particles import ParticleTable
 from cryopose.io.star import read_star, read_star_blocks, write_star
 
 # (file under ../shared/data, particles, box, pixel size Å) as MANIFEST.md states them.
@@ -206,3 +208,47 @@ def test_bad_star_inputs(shared_data, tmp_path):
         read_star(tmp_path / "absent.star")
     with pytest.raises(InputError, match="unknown particle file type"):
         read_particles(bad.rename(tmp_path / "bad.txt"))
+
+
+def _stack_table(stack, n=3):
+    """A table of ``n`` images in ``stack`` (written as a small MRC stack)."""
+    stack.parent.mkdir(parents=True, exist_ok=True)
+    write_map(stack, np.zeros((n, 8, 8), np.float32), 2.0)
+    return ParticleTable(source=stack.with_suffix(".star"), image_files=np.full(n, str(stack.resolve()), dtype=object),
+                         image_indices=np.arange(n), box=8, pixel_size_A=np.full(n, 2.0))
+
+
+def test_written_stack_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """RELION opens rlnImageName from the working directory: ``000001@sim/stack.mrcs`` from sim's parent."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    inside, outside = _stack_table(tmp_path / "work/sim/stack.mrcs"), _stack_table(tmp_path / "elsewhere/far.mrcs")
+    write_star("sim/p.star", inside)
+    write_star("sim/far.star", outside)
+    assert list(starfile.read("sim/p.star")["particles"]["rlnImageName"]) == [
+        "000001@sim/stack.mrcs", "000002@sim/stack.mrcs", "000003@sim/stack.mrcs"]
+    assert starfile.read("sim/far.star")["particles"]["rlnImageName"][0] == f"000001@{outside.image_files[0]}"
+    for cwd in (tmp_path / "work", tmp_path / "elsewhere", tmp_path / "work/sim"):
+        monkeypatch.chdir(cwd)
+        np.testing.assert_array_equal(read_star(tmp_path / "work/sim/p.star").image_files, inside.image_files)
+        np.testing.assert_array_equal(read_star(tmp_path / "work/sim/far.star").image_files, outside.image_files)
+
+
+def test_stack_paths_resolve_from_datadir_then_cwd_then_star_folder(tmp_path, monkeypatch):
+    star = tmp_path / "job/p.star"
+    star.parent.mkdir()
+    star.write_text("data_\nloop_\n_rlnImageName\n_rlnPixelSize\n1@s.mrcs 2.0\n")
+    for folder in ("job", "cwd", "data"):
+        _stack_table(tmp_path / folder / "s.mrcs")
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert read_star(star, datadir=tmp_path / "data").image_files[0] == str(tmp_path / "data/s.mrcs")
+    assert read_star(star).image_files[0] == str(tmp_path / "cwd/s.mrcs")
+    (tmp_path / "cwd/s.mrcs").unlink()
+    assert read_star(star).image_files[0] == str(tmp_path / "job/s.mrcs")  # an old file, relative to its folder
+    # a RELION project file (names relative to the project folder) reads from anywhere
+    star.write_text("data_\nloop_\n_rlnImageName\n_rlnPixelSize\n1@data/s.mrcs 2.0\n")
+    assert read_star(star).image_files[0] == str(tmp_path / "data/s.mrcs")
+    # --datadir also overrides an absolute name that still exists (stacks copied elsewhere)
+    star.write_text(f"data_\nloop_\n_rlnImageName\n_rlnPixelSize\n1@{tmp_path / 'job/s.mrcs'} 2.0\n")
+    assert read_star(star).image_files[0] == str(tmp_path / "job/s.mrcs")
+    assert read_star(star, datadir=tmp_path / "data").image_files[0] == str(tmp_path / "data/s.mrcs")

@@ -8,10 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from conftest import checkpointed_loop, wait_for_mid_epoch_checkpoint
 
 from cryopose.io.mrc import read_map
 from cryopose.simulation.simulate import SimulationConfig, simulate
@@ -52,21 +52,21 @@ def _epochs(run):
 def _kill_during_epoch(particles, run, epoch: int) -> str:
     """Start a run, SIGKILL it while it trains ``epoch`` (after a mid-epoch checkpoint), return that stage."""
     proc = _run(particles, run, wait=False)
-    deadline = time.time() + 300
-    while len(_epochs(run)) < epoch and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # into the epoch, past at least one 0.12 s checkpoint
+    wait_for_mid_epoch_checkpoint(proc, run, epoch)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     return "amortized" if epoch < 2 else "direct"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("epoch", [1, 3])
 def test_sigkill_then_resume_matches_an_uninterrupted_run(data, reference, tmp_path, epoch):
     run = tmp_path / "killed"
     stage = _kill_during_epoch(data, run, epoch)
     assert len(_epochs(run)) == epoch and (run / "checkpoint.pt").is_file()
+    killed = checkpointed_loop(run)
+    assert killed["epoch"] == epoch and killed["batch"] > 0, killed  # resumes mid-epoch
     assert not (run / "map.mrc").exists()
     _run(data, run, "--resume")
     records = _epochs(run)
@@ -76,9 +76,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, reference, tmp_p
                                rtol=1e-4, atol=1e-5 * float(np.abs(read_map(reference / "map.mrc").data).max()))
     resumed = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
                if json.loads(line)["kind"] == "resume"]
-    assert len(resumed) == 1 and resumed[0]["epoch"] == epoch
+    assert len(resumed) == 1 and resumed[0]["epoch"] == epoch and resumed[0]["batch"] == killed["batch"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_run_other_seed_other_run(data, reference, tmp_path):
     _run(data, tmp_path / "b")
     _run(data, tmp_path / "c", "--seed", "1")

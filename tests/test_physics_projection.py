@@ -12,11 +12,11 @@ import roma
 import torch
 import torch.nn.functional as F
 
-from cryopose.evaluate.fsc import fsc
 from cryopose.models.volume import HartleyVolume
 from cryopose.physics.backproject import BackprojectionAccumulator
 from cryopose.physics.ctf import CTFParams
 from cryopose.physics.fourier import fft2_centered, hartley2_centered, hartley3_centered, hartley_to_fourier
+from cryopose.physics.fsc import fsc
 from cryopose.physics.projection import (
     circular_mask,
     extract_slices,

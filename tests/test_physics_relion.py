@@ -18,10 +18,10 @@ import starfile
 import torch
 import torch.nn.functional as F
 
-from cryopose.evaluate.fsc import fsc, fsc_resolution
 from cryopose.geometry.rotations import matrix_to_relion_euler, relion_euler_to_matrix
 from cryopose.physics.backproject import BackprojectionAccumulator
 from cryopose.physics.ctf import CTFParams
+from cryopose.physics.fsc import fsc, fsc_resolution
 from cryopose.physics.projection import projection_volume, render
 
 pytestmark = pytest.mark.relion

@@ -7,14 +7,14 @@ import pytest
 import roma
 import torch
 
-from cryopose.backproject import backproject_dataset
-from cryopose.evaluate.align import MapAlignment, near_symmetry
 from cryopose.evaluate.poses import pose_error
 from cryopose.io import read_particles
 from cryopose.io.dataset import ParticleDataset
 from cryopose.io.mrc import read_map
+from cryopose.methods.backprojection import backproject_dataset
 from cryopose.methods.losses import noise_sigma
 from cryopose.methods.pseudo_symmetry import relax_pseudo_symmetry
+from cryopose.physics.align import MapAlignment, near_symmetry
 from cryopose.simulation.simulate import SimulationConfig, simulate
 
 
@@ -74,6 +74,7 @@ def test_relaxation_breaks_a_blend_of_4ake_poses_and_their_mates(shared_data, tm
     assert record["rounds"] < 20 and record["last_changed"] < 0.005
 
 
+@pytest.mark.slow
 def test_relaxation_breaks_a_blend_of_noisy_poses_in_turns(shared_data, tmp_path):
     """Poses of a run are a few degrees off. Scoring both halves at once against the other's previous map, regions
     of views where the halves disagree swap sense every round and the blend persists (measured: 79 % within 10°,

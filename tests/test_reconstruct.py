@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from cryopose.errors import InputError
 from cryopose.io import read_particles
 from cryopose.io.mrc import read_map
-from cryopose.reconstruct import reconstruct
+from cryopose.jobs.reconstruct import ReconstructOptions, reconstruct
 from cryopose.simulation.simulate import SimulationConfig, simulate
 
 FAST = {"heads": 3, "switch_epoch": 1, "encoder": "light"}
@@ -30,8 +31,8 @@ def _epochs(run):
 
 def test_run_directory_outputs_and_resume(tiny, tmp_path):
     run = tmp_path / "run"
-    reconstruct(tiny / "particles.star", run, epochs=2, batch=16, ref=tiny / "ground_truth.mrc",
-                options=FAST)
+    reconstruct(tiny / "particles.star", run, ReconstructOptions(epochs=2, batch=16, ref=tiny / "ground_truth.mrc",
+                                                           method_options=FAST))
     config = json.loads((run / "config.json").read_text())
     assert config["options"]["shifts"] is False  # the simulated shifts are all zero
     assert read_map(run / "map.mrc").data.shape == (32, 32, 32)
@@ -52,8 +53,8 @@ def test_run_directory_outputs_and_resume(tiny, tmp_path):
     assert len(symmetry) == 1 and not symmetry[0]["relaxed"] and symmetry[0]["symmetry_correlation"] < 0.8
 
     with pytest.raises(InputError, match="already holds a run"):
-        reconstruct(tiny / "particles.star", run, epochs=2, batch=16, options=FAST)
-    reconstruct(tiny / "particles.star", run, epochs=3, batch=16, resume=True, options=FAST)
+        reconstruct(tiny / "particles.star", run, ReconstructOptions(epochs=2, batch=16, method_options=FAST))
+    reconstruct(tiny / "particles.star", run, ReconstructOptions(epochs=3, batch=16, method_options=FAST), resume=True)
     records = _epochs(run)
     assert [r["epoch"] for r in records] == [0, 1, 2]
     assert (run / "maps/epoch_003.mrc").is_file()
@@ -67,31 +68,29 @@ def test_a_copy_taken_at_the_switch_can_continue_stage_1(tiny, tmp_path):
     import shutil
 
     trunk, branch = tmp_path / "trunk", tmp_path / "branch"
-    reconstruct(tiny / "particles.star", trunk, epochs=1, batch=16, options=FAST, relax_symmetry=False)
+    reconstruct(tiny / "particles.star", trunk, ReconstructOptions(epochs=1, batch=16, method_options=FAST,
+                                                                relax_symmetry=False))
     shutil.copytree(trunk, branch)
-    reconstruct(tiny / "particles.star", branch, epochs=2, batch=16, resume=True, options={"switch_epoch": 2})
+    reconstruct(tiny / "particles.star", branch, ReconstructOptions(epochs=2, batch=16, method_options={"switch_epoch": 2}),
+                resume=True)
     assert [r["stage"] for r in _epochs(branch)] == ["amortized", "amortized"]
     assert json.loads((branch / "config.json").read_text())["options"]["switch_epoch"] == 2
-    reconstruct(tiny / "particles.star", trunk, epochs=2, batch=16, resume=True)
+    reconstruct(tiny / "particles.star", trunk, ReconstructOptions(epochs=2, batch=16), resume=True)
     assert [r["stage"] for r in _epochs(trunk)] == ["amortized", "direct"]
     with pytest.raises(InputError, match="the switch cannot move from 1 to 3 epochs"):
-        reconstruct(tiny / "particles.star", trunk, epochs=3, batch=16, resume=True, options={"switch_epoch": 3})
+        reconstruct(tiny / "particles.star", trunk, ReconstructOptions(epochs=3, batch=16, method_options={"switch_epoch": 3}),
+                    resume=True)
     assert json.loads((trunk / "config.json").read_text())["options"]["switch_epoch"] == 1  # left as it was
-
-
-def test_resume_without_checkpoint_is_a_clear_error(tiny, tmp_path):
-    with pytest.raises(InputError, match="no checkpoint.pt to resume from"):
-        reconstruct(tiny / "particles.star", tmp_path / "empty", epochs=1, resume=True, options=FAST)
 
 
 def test_search_supervised_shares_the_run_directory_and_resumes(tiny, tmp_path):
     """Cryo2SSNet through the same loop: stages, searched poses better than the encoder's, outputs, resume."""
     run = tmp_path / "ss"
     options = {"switch_epoch": 1, "beam_depth": 3, "gd_steps": 5, "denoiser_steps": 20, "denoise_epochs": 1}
-    reconstruct(tiny / "particles.star", run, method="search-supervised", epochs=1, batch=16,
-                ref=tiny / "ground_truth.mrc", options=options)
-    reconstruct(tiny / "particles.star", run, method="search-supervised", epochs=2, batch=16, resume=True,
-                options=options)
+    first = ReconstructOptions(method="search-supervised", epochs=1, batch=16, ref=tiny / "ground_truth.mrc",
+                               method_options=options)
+    reconstruct(tiny / "particles.star", run, first)
+    reconstruct(tiny / "particles.star", run, replace(first, epochs=2), resume=True)
     records = _epochs(run)
     assert [(r["epoch"], r["stage"]) for r in records] == [(0, "search"), (1, "end-to-end")]
     assert records[0]["search_gain"] > 0  # the search lowers the data term of the encoder's poses
@@ -106,4 +105,5 @@ def test_search_supervised_shares_the_run_directory_and_resumes(tiny, tmp_path):
 
 def test_unknown_method_option_is_a_clear_error(tiny, tmp_path):
     with pytest.raises(InputError, match="search-supervised"):
-        reconstruct(tiny / "particles.star", tmp_path / "bad", method="search-supervised", options={"heads": 3})
+        reconstruct(tiny / "particles.star", tmp_path / "bad",
+                    ReconstructOptions(method="search-supervised", method_options={"heads": 3}))

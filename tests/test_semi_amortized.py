@@ -6,21 +6,24 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import roma
 import torch
 
+from cryopose.evaluate.measure import evaluator
 from cryopose.io import read_particles
 from cryopose.io.dataset import ParticleDataset
 from cryopose.io.mrc import read_map
+from cryopose.jobs.reconstruct import ReconstructOptions, reconstruct
 from cryopose.methods.losses import noise_sigma, signal_shell_rms
 from cryopose.methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
 from cryopose.physics.fourier import hartley3_centered, radius_grid
-from cryopose.reconstruct import evaluator, reconstruct
 from cryopose.simulation.simulate import SimulationConfig, simulate
 from cryopose.train.loop import LoopConfig, train
 from cryopose.train.run_dir import MetricsLog
 
 
+@pytest.mark.slow
 def test_direct_stage_from_a_20A_map_finds_the_poses_and_sharpens_the_map(tmp_path):
     """Stage 1 hands over a map fitted up to 20 Å and poses mostly wrong (random here); the search of the first
     direct epoch puts most particles near their pose (scored up to 20 Å, the band at the switch), and the
@@ -59,6 +62,7 @@ def test_direct_stage_from_a_20A_map_finds_the_poses_and_sharpens_the_map(tmp_pa
     assert records[-1]["pose_within_10deg"] > 0.55
 
 
+@pytest.mark.slow
 def test_both_stages_from_nothing_reach_the_poses_by_repeated_searches(tmp_path):
     """The whole job from a random start. Stage 1 (8 epochs, 1,000 steps) fits a 20 Å map but its encoder learns
     no poses (median ~125°, as random); after the switch, a global search every other epoch re-poses the
@@ -69,8 +73,9 @@ def test_both_stages_from_nothing_reach_the_poses_by_repeated_searches(tmp_path)
     at 98°."""
     data, run = tmp_path / "data", tmp_path / "run"
     simulate(SimulationConfig(source="demo", box=32, apix=3.0, n=1000, snr=0.5, seed=2), data)
-    reconstruct(data / "particles.star", run, epochs=20, batch=8, ref=data / "ground_truth.mrc",
-                relax_symmetry=False, options={"switch_epoch": 8, "search_epochs": (0, 2, 4, 6, 8)})
+    reconstruct(data / "particles.star", run, ReconstructOptions(
+        epochs=20, batch=8, ref=data / "ground_truth.mrc", relax_symmetry=False,
+        method_options={"switch_epoch": 8, "search_epochs": (0, 2, 4, 6, 8)}))
     records = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
     switch, last = records[7], records[-1]
     assert switch["stage"] == "amortized" and last["stage"] == "direct"

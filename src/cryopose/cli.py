@@ -1,4 +1,5 @@
-"""The ``cryopose`` command line. It only parses arguments and calls one function per subcommand.
+"""The ``cryopose`` command line. It only parses arguments and hands them to the subcommand's job
+(:mod:`cryopose.jobs`).
 
 Bad input ends with one line ``cryopose: error: FILE: problem`` on stderr and exit code 2.
 """
@@ -6,13 +7,15 @@ Bad input ends with one line ``cryopose: error: FILE: problem`` on stderr and ex
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
+import os
 import sys
 import warnings
 from collections.abc import Callable
 
 from . import __version__
 from .errors import InputError
+
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except ``None`` ones (their help says what applies)."""
@@ -21,39 +24,16 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-def _cmd_info(args: argparse.Namespace) -> None:
-    from .info import check_lines, info
-
-    text, table = info(args.file, datadir=args.datadir, apix=args.apix)
-    print(text, flush=True)  # the summary is shown even when a stack check below fails
-    if table is not None and not args.no_check:
-        print(check_lines(table))
-
-
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", formatter_class=Formatter, help="summarise a particle file (.star/.cs) or MRC file",
+    p = sub.add_parser("info", formatter_class=Formatter,
+                       help="summarise a particle file (.star/.cs/.pkl) or MRC file",
                        description="Print particle count, box, pixel size, CTF ranges, optics groups and pose "
-                                   "columns of a .star/.cs file (checking every image stack it names), or the "
+                                   "columns of a .star/.cs/.pkl file (checking every image stack it names), or the "
                                    "header and statistics of an MRC map/stack.")
-    p.add_argument("file", help="particles .star/.cs, or .mrc/.mrcs/.map")
-    p.add_argument("--datadir", default=None, help="folder holding the image stacks (default: next to the file)")
-    p.add_argument("--apix", type=float, default=None, help="pixel size in Å, overriding the file's")
+    p.add_argument("file", help="particles .star/.cs/.pkl, or .mrc/.mrcs/.map")
+    _add_particle_options(p, images=False)
     p.add_argument("--no-check", action="store_true", help="do not open the image stacks")
-    p.set_defaults(func=_cmd_info)
-
-
-def _cmd_simulate(args: argparse.Namespace) -> None:
-    from .simulation.simulate import SimulationConfig, simulate
-
-    cfg = SimulationConfig(source=args.input, box=args.box, apix=args.apix, n=args.n, snr=args.snr,
-                           shift_std_px=args.shift_std, defocus_min_um=args.defocus[0],
-                           defocus_max_um=args.defocus[1], astigmatism_max_A=args.astigmatism,
-                           voltage_kV=args.voltage, cs_mm=args.cs, amplitude_contrast=args.amplitude_contrast,
-                           bfactor_A2=args.bfactor, seed=args.seed, chains=args.chains or [],
-                           map_apix=args.map_apix)
-    summary = simulate(cfg, args.output, force=args.force)
-    print(f"simulated {cfg.n} particles of {cfg.box} px at {cfg.apix} Å/px, SNR {summary['measured_snr']:.4g}, "
-          f"in {summary['seconds']:.1f} s -> {args.output}/particles.star")
+    p.set_defaults(job="info")
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -82,23 +62,18 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                                                                 "header has none")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data set)")
     p.add_argument("--force", action="store_true", help="overwrite an existing simulation in the folder")
-    p.set_defaults(func=_cmd_simulate)
+    p.set_defaults(job="simulate")
 
 
-def _add_particle_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--datadir", default=None, help="folder holding the image stacks (default: next to the file)")
+def _add_particle_options(p: argparse.ArgumentParser, images: bool = True) -> None:
+    """Where the stacks are and the pixel size; with ``images``, how the images are read (DataOptions)."""
+    p.add_argument("--datadir", default=None, help="folder holding the image stacks (default: see the file's "
+                                                   "reader; relative stack paths are tried there, in the working "
+                                                   "directory, then beside the file)")
     p.add_argument("--apix", type=float, default=None, help="pixel size in Å, overriding the file's")
-    p.add_argument("--box", type=int, default=None, help="Fourier-crop the images to this box (px, even)")
-    p.add_argument("--invert", action="store_true", help="multiply images by -1 (for dark-protein data)")
-
-
-def _cmd_backproject(args: argparse.Namespace) -> None:
-    from .backproject import backproject
-
-    result = backproject(args.particles, args.output, snr=args.snr, halves=args.halves, box=args.box,
-                         datadir=args.datadir, apix=args.apix, invert=args.invert)
-    print(f"backprojected {result['particles']} particles in {result['seconds']:.1f} s -> "
-          f"{', '.join(result['maps'])}")
+    if images:
+        p.add_argument("--box", type=int, default=None, help="Fourier-crop the images to this box (px, even)")
+        p.add_argument("--invert", action="store_true", help="multiply images by -1 (for dark-protein data)")
 
 
 def _add_backproject(sub: argparse._SubParsersAction) -> None:
@@ -111,42 +86,7 @@ def _add_backproject(sub: argparse._SubParsersAction) -> None:
                    help="Wiener term 1/SNR added to the CTF² weights (default: none, as relion_reconstruct)")
     p.add_argument("--halves", action="store_true", help="also write maps of the even / odd particles")
     _add_particle_options(p)
-    p.set_defaults(func=_cmd_backproject)
-
-
-_SA, _SS = ("semi-amortized",), ("search-supervised",)
-_METHOD_OPTIONS = {  # reconstruct flag: (field of the method's config, methods it applies to); None = default
-    "encoder": ("encoder", _SA + _SS), "encoder_box": ("encoder_box", _SA + _SS),
-    "lr_encoder": ("lr_encoder", _SA + _SS),
-    "lr_decoder": ("lr_decoder", _SA + _SS), "loss": ("loss", _SA + _SS),
-    "mantissa_exponent": ("mantissa_exponent", _SA + _SS), "resolution_start": ("resolution_start_A", _SA + _SS),
-    "heads": ("heads", _SA), "beam_explore": ("beam_explore", _SS),
-    "keep_better": ("keep_better", _SS), "beam_start_level": ("beam_start_level", _SS),
-    "epochs_amortized": ("switch_epoch", _SA), "lr_pose": ("lr_pose", _SA), "search_epochs": ("search_epochs", _SA),
-    "epochs_search": ("switch_epoch", _SS), "beam_width": ("beam_width", _SS), "beam_depth": ("beam_depth", _SS),
-    "gd_steps": ("gd_steps", _SS), "gd_lr": ("gd_lr", _SS), "denoiser_factor": ("denoiser_factor", _SS),
-    "denoise_epochs": ("denoise_epochs", _SS), "denoiser_steps": ("denoiser_steps", _SS), "snr": ("snr", _SS)}
-
-
-def _cmd_reconstruct(args: argparse.Namespace) -> None:
-    from .errors import InputError
-    from .reconstruct import reconstruct
-
-    options = {}
-    for flag, (field, methods) in _METHOD_OPTIONS.items():
-        if getattr(args, flag) is None:
-            continue
-        if args.method not in methods:
-            raise InputError(None, f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
-        options[field] = getattr(args, flag)
-    summary = reconstruct(args.particles, args.output, method=args.method, epochs=args.epochs, batch=args.batch,
-                          box=args.box, datadir=args.datadir, apix=args.apix, invert=args.invert,
-                          shifts=args.shifts, device=args.device, seed=args.seed, resume=args.resume,
-                          force=args.force, ref=args.ref, checkpoint_minutes=args.checkpoint_minutes,
-                          num_workers=args.workers, halves=args.halves,
-                          relax_symmetry=args.relax_symmetry, options=options)
-    if summary:  # empty on the ranks other than 0 of a torchrun job
-        print("\n".join(f"{k}: {v}" for k, v in summary.items() if k != "kind"))
+    p.set_defaults(job="backproject")
 
 
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
@@ -155,7 +95,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                                    "checkpoint.pt (resumable with --resume), maps/epoch_NNN.mrc, map.mrc and "
                                    "poses.star (RELION 3.1). Data-parallel on several GPUs or nodes when started "
                                    "by torchrun: torchrun --nproc-per-node N -m cryopose reconstruct ...")
-    p.add_argument("particles", help="particles .star/.cs (with CTF)")
+    p.add_argument("particles", help="particles .star/.cs/.pkl (with CTF)")
     p.add_argument("-o", "--output", required=True, help="run directory")
     p.add_argument("--method", default="semi-amortized", choices=["semi-amortized", "search-supervised"],
                    help="reconstruction method")
@@ -165,7 +105,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                    help="estimate in-plane shifts (auto: off only when the file's shifts are all zero)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="random seed (CPU runs are reproducible)")
-    p.add_argument("--resume", action="store_true", help="continue the run in the output directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the output directory (one killed before its first checkpoint starts over)")
     p.add_argument("--force", action="store_true", help="replace a run already in the output directory")
     p.add_argument("--ref", default=None, help="reference map: log the FSC resolution after each epoch")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint interval (minutes)")
@@ -227,15 +168,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--snr", type=float, default=None,
                    help="SNR of the images for the denoiser's loss (default: estimated from the data)")
     _add_particle_options(p)
-    p.set_defaults(func=_cmd_reconstruct)
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluate.run import evaluate_run
-
-    result = evaluate_run(args.run, args.ref, poses_truth=args.poses, apix=args.apix, out_dir=args.output)
-    print(json.dumps({k: result[k] for k in ("fsc_vs_reference", "fsc_halves", "poses") if result.get(k)},
-                     indent=2))
+    p.set_defaults(job="reconstruct")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -248,15 +181,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--poses", default=None, help="true poses (.star/.cs) for the pose error")
     p.add_argument("--apix", type=float, default=None, help="voxel size (Å) of the map, overriding its header")
     p.add_argument("-o", "--output", default=None, help="folder for the report (default: the run directory)")
-    p.set_defaults(func=_cmd_evaluate)
-
-
-def _cmd_fsc(args: argparse.Namespace) -> None:
-    from .evaluate.run import fsc_maps
-
-    result = fsc_maps(args.map_a, args.map_b, apix=args.apix, mask=args.mask, out_dir=args.output)
-    print(f"FSC 0.143: {result['resolution_0.143_A']} Å, FSC 0.5: {result['resolution_0.5_A']} Å "
-          f"-> {result['png']}, {result['csv']}")
+    p.set_defaults(job="evaluate")
 
 
 def _add_fsc(sub: argparse._SubParsersAction) -> None:
@@ -268,22 +193,7 @@ def _add_fsc(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--apix", type=float, default=None, help="voxel size (Å), overriding the headers")
     p.add_argument("--mask", default=None, help="mask map (.mrc) applied to both")
     p.add_argument("-o", "--output", default=None, help="output folder (default: next to map A)")
-    p.set_defaults(func=_cmd_fsc)
-
-
-def _cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import demo
-
-    summary = demo(args.output, n=args.n, box=args.box, apix=args.apix, snr=args.snr, seed=args.seed,
-                   force=args.force)
-    print(f"demo: {summary['particles']} particles of the built-in molecule, {summary['box']} px at "
-          f"{summary['apix_A']} Å/px, SNR {summary['snr']:.3g}")
-    print(f"reconstruction: {summary['method']}")
-    print(f"resolution vs ground truth (FSC 0.5): {summary['resolution_vs_truth_A']:.2f} Å; "
-          f"half maps (FSC 0.143): {summary['resolution_half_maps_A']:.2f} Å "
-          f"(Nyquist {2 * summary['apix_A']:.2f} Å)")
-    print(f"time: {summary['seconds']:.0f} s")
-    print(f"report: {summary['report']}")
+    p.set_defaults(job="fsc")
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -298,7 +208,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--force", action="store_true", help="overwrite an earlier demo in the folder")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(job="demo")
 
 
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -309,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryopose", formatter_class=Formatter,
                                      description="Ab initio single-particle cryo-EM reconstruction.")
     parser.add_argument("--version", action="version", version=f"cryopose {__version__}")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (as TQDM_DISABLE=1; bars are never written to a file or pipe)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(sub)
@@ -323,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # also read by torchrun's workers and data-loading processes
     try:
-        args.func(args)
+        importlib.import_module(f"cryopose.jobs.{args.job}").run(args)
     except InputError as err:
         print(f"cryopose: error: {err}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ import numpy as np
 import roma
 import torch
 
-MIRROR = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+from ..geometry.rotations import MIRROR
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.atomic import atomic_path
+from ..io.run_files import PLOTS, REPORT
 from ..report.html import write_html
 from ..report.plots import FSCCurve, plot_fsc, plot_map_views, plot_pose_errors
 
@@ -98,7 +99,7 @@ def write_report(out_dir: str | os.PathLike, result: dict, curves: Sequence[FSCC
     Returns the written files (relative to ``out_dir``) by kind.
     """
     out = Path(out_dir)
-    plots = out / "plots"
+    plots = out / PLOTS
     png, table = write_fsc_files(plots / "fsc", curves, "Fourier shell correlation")
     figures = [(png, "FSC of the aligned map with the reference (and between half maps)")]
     views = plots / "map_views.png"
@@ -108,7 +109,7 @@ def write_report(out_dir: str | os.PathLike, result: dict, curves: Sequence[FSCC
         errors = plots / "pose_errors.png"
         plot_pose_errors(errors, pose_errors["rotation_deg"], pose_errors["viewing_deg"], pose_errors.get("shift_A"))
         figures.append((errors, "Per-particle pose errors after global alignment to the true poses"))
-    html = out / "report.html"
+    html = out / REPORT
     notes = ["Resolutions are read where the FSC first falls below the threshold (linear interpolation between "
              "shells): 0.5 against the reference, 0.143 between independent half maps."]
     write_html(html, "cryopose evaluation", _sections(result), figures, notes)

@@ -2,7 +2,8 @@
 
 A pose rotation ``R`` (3×3) in cryopose is RELION's Euler matrix ``A(rot, tilt, psi)`` (ZYZ, see RELION's
 ``Euler_angles2matrix``): a 2D Fourier-slice frequency ``(kx, ky)`` of an image samples the volume's spectrum
-at ``R.T @ (kx, ky, 0)``. Angles are radians in code and degrees in files.
+at ``R.T @ (kx, ky, 0)``. Angles are radians in code and degrees in files. ``MIRROR = diag(1, 1, −1)`` flips
+a map along z; its mirror image is explained by the poses ``MIRROR · R · MIRROR``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import numpy as np
 import roma
 import torch
 from torch import Tensor
+
+MIRROR = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
 
 
 def _as_tensor(x) -> Tensor:
@@ -36,13 +39,3 @@ def matrix_to_relion_euler(matrices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def rotvec_to_matrix(rotvec: Tensor) -> Tensor:
     """Axis-angle vectors ``(N, 3)`` (radians) -> rotation matrices ``(N, 3, 3)`` (stable near 0)."""
     return roma.rotvec_to_rotmat(_as_tensor(rotvec))
-
-
-def matrix_to_rotvec(matrices: Tensor) -> Tensor:
-    """Rotation matrices ``(N, 3, 3)`` -> axis-angle vectors ``(N, 3)`` (radians)."""
-    return roma.rotmat_to_rotvec(_as_tensor(matrices))
-
-
-def geodesic_angle(r1: Tensor, r2: Tensor) -> Tensor:
-    """Angle (radians) of ``r1ᵀ r2`` for batches of rotation matrices ``(..., 3, 3)``."""
-    return roma.rotmat_geodesic_distance(r1, r2)

@@ -15,6 +15,7 @@ import math
 
 import healpix
 import numpy as np
+import roma
 import torch
 from torch import Tensor
 
@@ -78,8 +79,6 @@ def quaternion_to_matrix(q: Tensor) -> Tensor:
 
 def matrix_to_quaternion(r: Tensor) -> Tensor:
     """Rotation matrices ``(..., 3, 3)`` -> unit quaternions ``(..., 4)`` ``(w, x, y, z)`` with ``w >= 0``."""
-    import roma
-
     xyzw = roma.rotmat_to_unitquat(r)
     q = torch.cat([xyzw[..., 3:], xyzw[..., :3]], dim=-1)
     return torch.where(q[..., :1] < 0, -q, q)

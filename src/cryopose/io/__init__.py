@@ -11,10 +11,10 @@ from .particles import ParticleTable
 
 def read_particles(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
                    apix: float | None = None) -> ParticleTable:
-    """Read particle metadata from a RELION ``.star`` or cryoSPARC ``.cs`` file.
+    """Read particle metadata from a RELION ``.star``, cryoSPARC ``.cs`` or cryoDRGN CTF ``.pkl`` file.
 
-    ``datadir`` says where the image stacks are (default: relative to the metadata file); ``apix`` (Å)
-    overrides the pixel size of the file.
+    ``datadir`` says where the image stacks are (default: see each reader); ``apix`` (Å) overrides the pixel
+    size of the file. A ``.pkl`` is read with the one ``.mrcs`` stack in ``datadir`` or beside it.
     """
     path = Path(path)
     if not path.is_file():
@@ -33,4 +33,8 @@ def read_particles(path: str | os.PathLike, datadir: str | os.PathLike | None = 
                 table.shifts_A *= apix / table.pixel_size_A[:, None]
             table.pixel_size_A[:] = apix
         return table
-    raise InputError(path, "unknown particle file type (expected .star or .cs)")
+    if suffix == ".pkl":
+        from .cryodrgn import read_cryodrgn
+
+        return read_cryodrgn(path, datadir=datadir, apix=apix)
+    raise InputError(path, "unknown particle file type (expected .star, .cs or .pkl)")

@@ -6,20 +6,21 @@
   the angles being RELION's DefocusAngle and PhaseShift in degrees.
 
 Both relations are pinned by tests/test_io_cryodrgn.py on cryoDRGN's own parses of a RELION 3.0 STAR file.
+:func:`read_cryodrgn` reads a data set (CTF pickle and stack) as a :class:`ParticleTable`.
 Pickles are read with an unpickler that only builds numpy arrays (no arbitrary code runs).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from .atomic import atomic_path
+from .mrc import stack_info
 from .particles import ParticleTable
 
 _ALLOWED = {
@@ -47,21 +48,6 @@ def _load_pickle(path: Path):
         raise InputError(path, "file not found") from None
     except Exception as err:  # any unpickling failure is a bad input file
         raise InputError(path, f"not a readable cryoDRGN pickle ({type(err).__name__}: {err})") from None
-
-
-def _dump_atomic(path: Path, obj) -> None:
-    """Pickle ``obj`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    buf = io.BytesIO()
-    pickle.dump(obj, buf, protocol=4)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _as_float_array(path: Path, value, what: str) -> np.ndarray:
@@ -105,7 +91,10 @@ def read_cryodrgn_poses(path: str | os.PathLike, box: int) -> tuple[np.ndarray, 
 def read_cryodrgn_ctf(path: str | os.PathLike) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
     """Read a cryoDRGN CTF pickle: ``(box px, pixel_size_A (N,), ctf {CTF_FIELDS: (N,) float64})``."""
     path = Path(path)
-    arr = _as_float_array(path, _load_pickle(path), "CTF table")
+    obj = _load_pickle(path)
+    if isinstance(obj, (tuple, list)) or getattr(obj, "ndim", 0) == 3:
+        raise InputError(path, "holds poses, not a CTF table: give the data set's CTF pickle (ctf.pkl)")
+    arr = _as_float_array(path, obj, "CTF table")
     if arr.ndim != 2 or arr.shape[1] != 9 or len(arr) == 0:
         raise InputError(path, f"CTF table has shape {arr.shape}, expected (N, 9) with N > 0")
     boxes = np.unique(arr[:, 0])
@@ -123,6 +112,32 @@ def read_cryodrgn_ctf(path: str | os.PathLike) -> tuple[int, np.ndarray, dict[st
         "scale": np.ones(len(arr)),
     }
     return int(boxes[0]), arr[:, 1].copy(), ctf
+
+
+def read_cryodrgn(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
+                  apix: float | None = None) -> ParticleTable:
+    """Read a cryoDRGN data set: its CTF pickle and the one ``.mrcs`` stack in ``datadir`` (default: beside it).
+
+    The pixel size (Å) is rescaled to the stack's box as cryoDRGN does (``Apix · D / box``) unless ``apix``
+    overrides it. The table has no poses.
+    """
+    path = Path(path)
+    ctf_box, pixel, ctf = read_cryodrgn_ctf(path)
+    folder = path.parent if datadir is None else Path(datadir)
+    stacks = sorted(folder.glob("*.mrcs"))
+    if not stacks:
+        raise InputError(path, f"no image stack (.mrcs) in {folder}; pass --datadir with the stack's folder")
+    if len(stacks) > 1:
+        raise InputError(path, f"{len(stacks)} image stacks ({', '.join(s.name for s in stacks)}) in {folder}: "
+                               "which one is ambiguous; pass --datadir with a folder holding only the stack")
+    stack, n = stacks[0].resolve(), len(pixel)
+    info = stack_info(stack)
+    if info.n_images != n:
+        raise InputError(path, f"{n} particles but the stack {stack} holds {info.n_images} images")
+    return ParticleTable(
+        source=path, image_files=np.full(n, str(stack), dtype=object), image_indices=np.arange(n),
+        box=info.box, pixel_size_A=np.full(n, float(apix)) if apix is not None else pixel * ctf_box / info.box,
+        ctf=ctf)
 
 
 def write_cryodrgn_poses(
@@ -144,7 +159,8 @@ def write_cryodrgn_poses(
     else:
         apix = np.asarray(pixel_size_A, dtype=np.float64).reshape(-1, 1)
         trans = np.asarray(shifts_A, dtype=np.float64).reshape(len(rot), 2) / apix / box
-    _dump_atomic(Path(path), (rot.astype(np.float32), trans.astype(np.float32)))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump((rot.astype(np.float32), trans.astype(np.float32)), f, protocol=4)
 
 
 def write_cryodrgn_ctf(path: str | os.PathLike, table: ParticleTable) -> None:
@@ -165,4 +181,5 @@ def write_cryodrgn_ctf(path: str | os.PathLike, table: ParticleTable) -> None:
         ctf["amplitude_contrast"],
         np.rad2deg(ctf["phase_shift_rad"]),
     ]
-    _dump_atomic(Path(path), np.stack(cols, axis=1).astype(np.float32))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(np.stack(cols, axis=1).astype(np.float32), f, protocol=4)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import InputError
-from ..physics.fourier import fourier_crop2
+from ..physics.fourier import fourier_resize
+from . import read_particles
 from .mrc import StackReader, stack_info
 from .particles import ParticleTable
 
@@ -84,7 +87,7 @@ class ParticleDataset(Dataset):
     def _images(self, index: np.ndarray) -> torch.Tensor:
         raw = self._reader.read(self.table.image_files[index], self.table.image_indices[index])
         images = torch.from_numpy(raw) * self.sign
-        return fourier_crop2(images, self.box) if self.box != self.source_box else images
+        return fourier_resize(images, self.box, 2)
 
     def __getitems__(self, indices) -> dict:
         index = np.asarray(indices, dtype=np.int64)
@@ -118,3 +121,22 @@ def make_loader(dataset: ParticleDataset, batch_size: int | None = None, shuffle
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
                       sampler=sampler, num_workers=num_workers, collate_fn=_keep_batch, generator=generator,
                       drop_last=drop_last, persistent_workers=num_workers > 0)
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How a job reads particles: ``datadir`` holds the image stacks (default: see :func:`read_particles`),
+    ``apix`` (Å) overrides the file's pixel size, images are Fourier-cropped to ``box`` (px) and multiplied by
+    −1 with ``invert``."""
+
+    datadir: str | None = None
+    apix: float | None = None
+    box: int | None = None
+    invert: bool = False
+
+
+def open_dataset(path: str | os.PathLike, data: DataOptions = DataOptions(),
+                 normalize: bool = True) -> tuple[ParticleTable, ParticleDataset]:
+    """The particle table of a .star/.cs/.pkl file and its :class:`ParticleDataset`."""
+    table = read_particles(path, datadir=data.datadir, apix=data.apix)
+    return table, ParticleDataset(table, box=data.box, invert=data.invert, normalize=normalize)

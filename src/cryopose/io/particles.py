@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -93,18 +93,3 @@ class ParticleTable:
         """CTF parameters of the selected particles as tensors (float64)."""
         ctf = self.require_ctf()
         return CTFParams.from_arrays(**{k: v[index] for k, v in ctf.items()})
-
-    def subset(self, index) -> "ParticleTable":
-        """Rows selected by a boolean mask or integer index array."""
-        take = lambda a: None if a is None else a[index]  # noqa: E731
-        return replace(
-            self,
-            image_files=self.image_files[index],
-            image_indices=self.image_indices[index],
-            pixel_size_A=self.pixel_size_A[index],
-            ctf=None if self.ctf is None else {k: v[index] for k, v in self.ctf.items()},
-            rotations=take(self.rotations),
-            shifts_A=take(self.shifts_A),
-            optics_group=self.optics_group[index],
-            extra={k: v[index] for k, v in self.extra.items()},
-        )

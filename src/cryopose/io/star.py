@@ -3,8 +3,9 @@
 Read: :func:`read_star` -> :class:`ParticleTable`. Write: :func:`write_star` always writes RELION 3.1 (optics
 block, ``rlnOriginX/YAngst`` in Å), which RELION, cryoSPARC and cryoDRGN import.
 
-Image paths (``index@path``) are resolved against ``datadir`` when given, else the STAR file's folder, then the
-current directory (RELION's project-directory convention); see :func:`_resolve_paths`.
+Image paths (``index@path``) are written relative to the working directory, as RELION writes and reads them
+(absolute when the stack lies outside it). They are read from ``datadir`` when given, the working directory, or
+the STAR file's folder (and those above it); see :func:`_resolve_paths`.
 """
 
 from __future__ import annotations
@@ -74,19 +75,20 @@ def _pixel_size(df: pd.DataFrame) -> np.ndarray | None:
 
 
 def _resolve_paths(star: Path, names: np.ndarray, datadir: str | os.PathLike | None) -> np.ndarray:
-    """Absolute stack paths for the unique relative names (candidates tried in order; first existing wins)."""
+    """Absolute stack paths for the unique names: the first existing candidate, else the working directory's.
+
+    Candidates in order: ``datadir`` (the relative name, then the bare file name), the working directory
+    (RELION's convention; an absolute name as it is), the STAR file's folder and the folders above it, then the
+    bare name in the STAR's folder.
+    """
     unique, inverse = np.unique(names, return_inverse=True)
     resolved = []
     for name in unique:
         p = Path(name)
-        if p.is_absolute() and datadir is None:
-            resolved.append(str(p))
-            continue
-        if datadir is not None:
-            candidates = [Path(datadir) / p, Path(datadir) / p.name]
-        else:
-            candidates = [star.parent / p, Path.cwd() / p]
-        found = next((c for c in candidates if c.exists()), candidates[0])
+        candidates = [] if datadir is None else [Path(datadir) / c for c in ((p.name,) if p.is_absolute() else
+                                                                              (p, p.name))]
+        candidates += [Path.cwd() / p, *(d / p for d in (star.parent, *star.parent.parents)), star.parent / p.name]
+        found = next((c for c in candidates if c.exists()), Path.cwd() / p)
         resolved.append(str(found.resolve()))
     return np.asarray(resolved, dtype=object)[inverse]
 
@@ -97,8 +99,7 @@ def read_star(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
 
     Args:
         path: the STAR file.
-        datadir: folder to find the image stacks in (overrides the STAR's folder); also tried with the bare
-            file name, as cryoDRGN does.
+        datadir: folder to find the image stacks in, tried first; also with the bare file name, as cryoDRGN does.
         apix: pixel size in Å overriding the file's (needed for 3.0 files without pixel-size columns).
     """
     path = Path(path)
@@ -253,12 +254,12 @@ def _optics_rows(table: ParticleTable) -> tuple[np.ndarray, pd.DataFrame]:
 def write_star(path: str | os.PathLike, table: ParticleTable, comments: list[str] = ()) -> None:
     """Write ``table`` as a RELION 3.1 STAR file (optics + particles), atomically.
 
-    Image paths are written relative to the STAR file's folder when that is possible. ``comments`` are written
-    as ``#`` lines at the top (e.g. the simulation SNR).
+    Image paths are written relative to the working directory (RELION's convention), absolute for stacks outside
+    it. ``comments`` are written as ``#`` lines at the top (e.g. the simulation SNR).
     """
     path = Path(path)
     group_ids, optics = _optics_rows(table)
-    rel = _relative_names(path.parent.resolve(), table.image_files)
+    rel = _relative_names(table.image_files)
     particles = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@{f}" for i, f in zip(table.image_indices, rel)]})
     for name, values in table.extra.items():
         particles[name] = values
@@ -286,12 +287,12 @@ def write_star(path: str | os.PathLike, table: ParticleTable, comments: list[str
         tmp.write_text(header + body.lstrip("\n") + "\n")
 
 
-def _relative_names(folder: Path, files: np.ndarray) -> np.ndarray:
+def _relative_names(files: np.ndarray) -> np.ndarray:
+    """Stack paths relative to the working directory, or absolute for those outside it."""
+    cwd = Path.cwd()
     unique, inverse = np.unique(files.astype(str), return_inverse=True)
     out = []
     for f in unique:
-        try:
-            out.append(os.path.relpath(f, folder))
-        except ValueError:  # another drive on Windows
-            out.append(f)
+        p = Path(os.path.abspath(f))
+        out.append(str(p.relative_to(cwd)) if p.is_relative_to(cwd) else str(p))
     return np.asarray(out, dtype=object)[inverse]

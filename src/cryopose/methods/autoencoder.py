@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 
 import torch
 from torch import Tensor
 
 from ..models.encoder import PoseEncoder
-from ..train.distributed import Context
 from .decoder import ExplicitDecoder
 
 
@@ -22,20 +22,25 @@ class EncoderDecoder(ExplicitDecoder):
     def __init__(self, cfg, heads: int, box: int, pixel_size_A: float, noise_sigma: float, device: torch.device,
                  seed: int, init_rms: float | Tensor):
         self.cfg, self.device = cfg, device
-        torch.manual_seed(seed)
-        self.encoder = PoseEncoder(box, heads=heads, backbone=cfg.encoder, predict_shifts=cfg.shifts,
-                                   max_shift_A=cfg.max_shift_A, pixel_size_A=pixel_size_A,
-                                   input_box=cfg.encoder_box).to(device)
-        super().__init__(box, pixel_size_A, noise_sigma, device, lr=cfg.lr_decoder, init_rms=init_rms,
-                         mantissa_exponent=cfg.mantissa_exponent, loss=cfg.loss, radius_px=cfg.radius_px,
-                         resolution_start_A=cfg.resolution_start_A)
+        with torch.random.fork_rng(devices=[]):  # the seed decides the initial weights, not the caller's RNG
+            torch.manual_seed(seed)
+            self.encoder = PoseEncoder(box, heads=heads, backbone=cfg.encoder, predict_shifts=cfg.shifts,
+                                       max_shift_A=cfg.max_shift_A, pixel_size_A=pixel_size_A,
+                                       input_box=cfg.encoder_box).to(device)
+            super().__init__(box, pixel_size_A, noise_sigma, device, lr=cfg.lr_decoder, init_rms=init_rms,
+                             mantissa_exponent=cfg.mantissa_exponent, loss=cfg.loss, radius_px=cfg.radius_px,
+                             resolution_start_A=cfg.resolution_start_A)
         self.opt_encoder = torch.optim.Adam(self.encoder.parameters(), lr=cfg.lr_encoder)
         self.encode: torch.nn.Module = self.encoder  # what training calls; a DDP wrapper after distribute()
 
-    def distribute(self, ctx: Context) -> None:
-        """Average the encoder's and the volume's gradients over the ranks of ``ctx``."""
-        super().distribute(ctx)
-        self.encode = ctx.wrap(self.encoder)
+    def distribute(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        """Train the encoder and the volume through ``wrap`` (gradients averaged over the ranks)."""
+        super().distribute(wrap)
+        self.encode = wrap(self.encoder)
+
+    def pretrain_plan(self) -> tuple[int, int]:
+        """(steps, batch) of pre-training still to do before the epochs: none."""
+        return 0, 0
 
     def state_dict(self) -> dict:
         return {"config": asdict(self.cfg), "sigma": self.sigma, "encoder": self.encoder.state_dict(),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from ..models.volume import HartleyVolume
 from ..physics.fourier import frequency_grid_2d, ihartley3_centered, radius_grid
 from ..physics.projection import circular_mask, render
-from ..train.distributed import Context
 from .losses import slice_loss
 
 
@@ -59,9 +60,10 @@ class ExplicitDecoder:
         progress = min(1.0, max(0, epoch - hold_epochs) / ramp_epochs) if ramp_epochs > 0 else 1.0
         self._limit(self.radius_start + progress * (self.radius_end - self.radius_start))
 
-    def distribute(self, ctx: Context) -> None:
-        """Average the volume's gradients over the ranks of ``ctx`` (call :attr:`field` to train it)."""
-        self.field = ctx.wrap(self.volume)
+    def distribute(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        """Train the volume through ``wrap(volume)`` (e.g. a DDP wrapper averaging its gradients over the ranks;
+        call :attr:`field` to train it)."""
+        self.field = wrap(self.volume)
 
     def set_lr(self, lr: float) -> None:
         for group in self.opt_volume.param_groups:

@@ -7,9 +7,8 @@ it per coefficient (divided by the number of coefficients in the mask) so that n
 
 from __future__ import annotations
 
-from torch import Tensor
-
 import torch
+from torch import Tensor
 
 from ..physics.ctf import CTFParams, compute_ctf
 from ..physics.fourier import fft2_centered, frequency_grid_2d

@@ -6,7 +6,7 @@ half of the particles sit at the pose that shows the other part where the true o
 average of both senses. The data can still tell them apart (on 4AKE 99 % of the particles fit their true pose
 better than its mate under the true map), but the blend gives no asymmetric signal to start from.
 
-We detect ``S`` by superposing the map onto itself (:func:`~cryopose.evaluate.align.near_symmetry`) and, when it
+We detect ``S`` by superposing the map onto itself (:func:`~cryopose.physics.align.near_symmetry`) and, when it
 correlates above a threshold, run a two-class expectation-maximisation over {pose, mate} per particle, in the
 manner of RELION's ``--relax_sym`` but without a given point group: the even and odd particles are reconstructed
 separately, each weighted by the probability of each of its two poses, and each particle is scored against the
@@ -42,14 +42,14 @@ import numpy as np
 import roma
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from ..evaluate.align import MapAlignment, near_symmetry
-from ..evaluate.fsc import fsc
 from ..io.dataset import ParticleDataset, make_loader
-from ..physics.backproject import BackprojectionAccumulator
+from ..physics.align import MapAlignment, near_symmetry
 from ..physics.fourier import hartley3_centered, shell_index
+from ..physics.fsc import fsc
 from ..physics.projection import circular_mask, render
+from ..progress import progress
+from .backprojection import backproject_dataset
 from .losses import target_spectra
 
 
@@ -84,13 +84,9 @@ def _half_map(dataset: ParticleDataset, half: int, poses: tuple[Tensor, Tensor],
               shifts: tuple[Tensor | None, Tensor | None], p_first: Tensor, batch: int, device) -> Tensor:
     """Map ``(D, D, D)`` of the particles of one half (``index % 2 == half``), each inserted at ``poses[0]`` with
     weight ``p_first`` and at ``poses[1]`` with ``1 − p_first``."""
-    acc = BackprojectionAccumulator(dataset.box, device=device)
-    for b in make_loader(dataset, batch, sampler=range(half, len(dataset), 2)):
-        keep = b["index"]
-        for rot, shift, weight in zip(poses, shifts, (p_first, 1 - p_first)):
-            acc.add(b["images"], rot[keep], None if shift is None else shift[keep], b["ctf"], dataset.pixel_size_A,
-                    image_weights=weight[keep])
-    return acc.finalize()
+    return backproject_dataset(dataset, torch.stack(poses, 1), None if shifts[0] is None else torch.stack(shifts, 1),
+                               weights=torch.stack([p_first, 1 - p_first], 1), half=half, batch=batch,
+                               device=device)[0]
 
 
 def _residual(volume: Tensor, batch: dict, rotations: Tensor, shifts: Tensor | None, pixel_size_A: float,
@@ -166,7 +162,7 @@ def relax_pseudo_symmetry(dataset: ParticleDataset, volume: Tensor, rotations: n
     p_first = torch.ones(len(dataset))  # start from the run's own poses (a blend is as good as a random split)
     halves = [torch.arange(half, len(dataset), 2) for half in (0, 1)]
     maps = [_half_map(dataset, half, poses, shifts, p_first, cfg.batch, device) for half in (0, 1)]
-    bar = tqdm(range(cfg.rounds), desc="pseudo-symmetry", unit="round", leave=False)
+    bar = progress(range(cfg.rounds), desc="pseudo-symmetry", unit="round")
     for rounds in bar:
         changed = 0.0
         for half, index in enumerate(halves):  # in turn: the odd half is scored against the even map just rebuilt

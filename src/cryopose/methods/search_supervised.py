@@ -11,7 +11,7 @@ rendered images alone, the decoder learning rate divided by ``decoder_lr_drop``.
 
 During the first ``denoise_epochs`` (default: the first third of stage 1) the search cost is the L2 between the
 denoised image and the denoised projection, with an MLP denoiser pre-trained on the noisy images
-(:mod:`cryopose.models.denoiser`, :meth:`SearchSupervised.pretrain`); afterwards it is the data term itself.
+(:mod:`cryopose.models.denoiser`; pre-trained as a stage of the training loop); afterwards it is the data term itself.
 Not in the paper, on by default: a coarse-to-fine band (``resolution_start_A``, growing to Nyquist over
 stage 1) for the search cost and the data term; ``beam_explore``: each search also starts from the best cells of
 the grid, not only those nearest to the encoder's pose, so it stays global while the encoder is poor; the search
@@ -25,19 +25,18 @@ slow at 64 px (every candidate projection goes through the MLP: ~2 images/s on 2
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import roma
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from ..io.dataset import ParticleDataset, make_loader
+from ..io.dataset import ParticleDataset
 from ..models.denoiser import MLPDenoiser, snr_from_noise, unbiased_l2
 from ..physics.fourier import ifft2_centered
 from ..physics.projection import render
-from ..train.distributed import Context
 from .autoencoder import EncoderDecoder
 from .beam_search import BeamSearchConfig, beam_search
 from .losses import target_spectra
@@ -108,34 +107,48 @@ class SearchSupervised(EncoderDecoder):
         self.shifts = torch.zeros(n_particles, 2, device=device)
         self.gain = torch.zeros(2, device=device)  # summed (encoder − searched) loss and count, per epoch
         self.denoiser = MLPDenoiser(box, cfg.denoiser_factor).to(device) if cfg.denoiser_factor > 0 else None
+        self.denoise = self.denoiser  # what pre-training calls; a DDP wrapper after distribute()
+        self.opt_denoiser = None if self.denoiser is None else torch.optim.Adam(self.denoiser.parameters(),
+                                                                                lr=cfg.denoiser_lr)
+        self.snr = cfg.snr  # of the images, for the denoiser's loss: given, or estimated in begin_pretrain
+        self.pretrain_losses: list[float] = []  # the last 50
         self.pretrained = False
         self.denoising = False
 
-    def pretrain(self, dataset: ParticleDataset, seed: int = 0, ctx: Context = Context()) -> dict[str, float]:
-        """Train the denoiser on random batches of the noisy images (SNR given, or estimated from the noise
-        level); returns its final loss and the SNR used. Does nothing without a denoiser or when done.
-        In a distributed run each rank takes its share of every batch (as the training loop does)."""
+    def distribute(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        super().distribute(wrap)
+        if self.denoiser is not None and not self.pretrained:  # a frozen module has no gradients to average
+            self.denoise = wrap(self.denoiser)
+
+    # ------------------------------------------------------------------------------- denoiser pre-training
+    def pretrain_plan(self) -> tuple[int, int]:
+        """The denoiser's pre-training (steps, batch) on random batches of the noisy images; none without a
+        denoiser or once done."""
         if self.denoiser is None or self.pretrained:
-            return {}
-        gen = torch.Generator().manual_seed(seed)
-        sample = dataset.__getitems__(torch.randperm(len(dataset), generator=gen)[:512].sort().values.numpy())
-        snr = self.cfg.snr or snr_from_noise(sample["images"], self.sigma)
-        net = ctx.wrap(self.denoiser)
-        opt = torch.optim.Adam(self.denoiser.parameters(), lr=self.cfg.denoiser_lr)
-        draws = torch.randint(len(dataset), (self.cfg.denoiser_steps, self.cfg.denoiser_batch), generator=gen)
-        batches = draws[:, ctx.rank::ctx.world].tolist()  # each rank its share of every batch of the job
-        losses = []
-        for drawn in tqdm(make_loader(dataset, batch_sampler=batches), desc="denoiser", disable=not ctx.first,
-                          total=self.cfg.denoiser_steps, unit="step", leave=False):
-            images = drawn["images"].to(self.device)
-            loss = unbiased_l2(images, net(images), snr).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+            return 0, 0
+        return self.cfg.denoiser_steps, self.cfg.denoiser_batch
+
+    def begin_pretrain(self, dataset: ParticleDataset, seed: int) -> None:
+        """Estimate the images' SNR from the noise level of 512 of them, unless it was given."""
+        if self.snr is None:
+            pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:512]
+            self.snr = snr_from_noise(dataset.__getitems__(pick.sort().values.numpy())["images"], self.sigma)
+
+    def pretrain_step(self, batch: dict) -> dict[str, float]:
+        images = batch["images"]
+        loss = unbiased_l2(images, self.denoise(images), self.snr).mean()
+        self.opt_denoiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_denoiser.step()
+        self.pretrain_losses = (self.pretrain_losses + [loss.item()])[-50:]
+        return {"loss": self.pretrain_losses[-1]}
+
+    def end_pretrain(self) -> dict[str, float]:
+        """Freeze the denoiser; its loss over the last 50 steps and the SNR used."""
         self.denoiser.requires_grad_(False)
+        self.denoise = self.denoiser
         self.pretrained = True
-        return {"denoiser_loss": sum(losses[-50:]) / len(losses[-50:]), "snr": snr}
+        return {"denoiser_loss": sum(self.pretrain_losses) / max(len(self.pretrain_losses), 1), "snr": self.snr}
 
     # -------------------------------------------------------------------------------------------- loop hooks
     def stage(self, epoch: int) -> str:
@@ -228,15 +241,17 @@ class SearchSupervised(EncoderDecoder):
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "rotations": self.rotations, "shifts": self.shifts, "gain": self.gain,
-                "pretrained": self.pretrained,
-                "denoiser": None if self.denoiser is None else self.denoiser.state_dict()}
+                "pretrained": self.pretrained, "snr": self.snr, "pretrain_losses": self.pretrain_losses,
+                "denoiser": None if self.denoiser is None else self.denoiser.state_dict(),
+                "opt_denoiser": None if self.opt_denoiser is None else self.opt_denoiser.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.rotations.copy_(state["rotations"])
         self.shifts.copy_(state["shifts"])
         self.gain.copy_(state["gain"])
-        self.pretrained = state["pretrained"]
+        self.pretrained, self.snr, self.pretrain_losses = state["pretrained"], state["snr"], state["pretrain_losses"]
         if self.denoiser is not None:
             self.denoiser.load_state_dict(state["denoiser"])
+            self.opt_denoiser.load_state_dict(state["opt_denoiser"])
             self.denoiser.requires_grad_(not self.pretrained)

@@ -14,7 +14,7 @@ import roma
 import torch
 from torch import Tensor, nn
 
-from ..physics.fourier import fourier_crop2
+from ..physics.fourier import fourier_resize
 
 # widths/convs: conv blocks (3×3 conv → BatchNorm → ReLU, then 2×2 max-pool); grid: side of the adaptive
 # average pool that turns the last feature map into a vector; trunk: shared FC layers; head: per-head hidden FC
@@ -165,7 +165,7 @@ class PoseEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Images ``(B, D, D)`` -> rotations ``(B, H, 3, 3)``, shifts ``(B, H, 2)`` in Å or ``None``."""
-        x = self.backbone(gaussian_pyramid(fourier_crop2(images, self.input_box), self.sigmas))
+        x = self.backbone(gaussian_pyramid(fourier_resize(images, self.input_box, 2), self.sigmas))
         for layer, norm in zip(self.head_layers, self.head_norms):
             x = torch.relu(layer(x))
             x = norm(x.flatten(1)).unflatten(1, (self.heads, -1))

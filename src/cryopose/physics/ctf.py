@@ -55,10 +55,6 @@ class CTFParams:
             out[f.name] = t.expand(n).clone() if t.ndim == 0 else t
         return cls(**out)
 
-    @classmethod
-    def collate(cls, items: list["CTFParams"]) -> "CTFParams":
-        return CTFParams(**{f.name: torch.cat([getattr(i, f.name) for i in items]) for f in fields(cls)})
-
 
 def electron_wavelength_A(voltage_kV: Tensor) -> Tensor:
     """Relativistic electron wavelength (Å) for an acceleration voltage in kV (RELION's constants)."""

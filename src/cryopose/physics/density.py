@@ -6,7 +6,7 @@ import gemmi
 import numpy as np
 import torch
 
-from .fourier import fft3_centered, ifft3_centered
+from .fourier import fourier_resize
 
 
 def model_to_map(structure: gemmi.Structure, box: int, apix: float, bfactor: float = 0.0,
@@ -40,6 +40,4 @@ def model_to_map(structure: gemmi.Structure, box: int, apix: float, bfactor: flo
     dense = torch.from_numpy(grid).double()
     if oversample == 1:
         return dense.float().numpy()
-    start = fine // 2 - box // 2
-    spectrum = fft3_centered(dense)[start:start + box, start:start + box, start:start + box]
-    return (ifft3_centered(spectrum).real / oversample**3).float().numpy()
+    return fourier_resize(dense, box, 3).float().numpy()

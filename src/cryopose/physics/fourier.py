@@ -8,29 +8,34 @@ in 3D; the real-space centre of a box is voxel ``D // 2`` on every axis (RELION'
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+
+def _centered(transform, x: Tensor, ndim: int) -> Tensor:
+    """``transform`` (``torch.fft.fftn`` or ``ifftn``) over the last ``ndim`` axes of a centred array."""
+    dims = tuple(range(-ndim, 0))
+    return torch.fft.fftshift(transform(torch.fft.ifftshift(x, dim=dims), dim=dims), dim=dims)
 
 
 def fft2_centered(images: Tensor) -> Tensor:
     """Centred 2D DFT of real or complex ``(..., D, D)`` images; DC at ``[D//2, D//2]``."""
-    return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(images, dim=(-2, -1))), dim=(-2, -1))
+    return _centered(torch.fft.fftn, images, 2)
 
 
 def ifft2_centered(spectra: Tensor) -> Tensor:
     """Inverse of :func:`fft2_centered` (complex ``(..., D, D)`` output; take ``.real`` for real images)."""
-    return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(spectra, dim=(-2, -1))), dim=(-2, -1))
+    return _centered(torch.fft.ifftn, spectra, 2)
 
 
 def fft3_centered(volume: Tensor) -> Tensor:
     """Centred 3D DFT of a ``(..., D, D, D)`` volume; DC at ``[D//2]*3``."""
-    dims = (-3, -2, -1)
-    return torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(volume, dim=dims), dim=dims), dim=dims)
+    return _centered(torch.fft.fftn, volume, 3)
 
 
 def ifft3_centered(spectrum: Tensor) -> Tensor:
     """Inverse of :func:`fft3_centered` (complex output)."""
-    dims = (-3, -2, -1)
-    return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(spectrum, dim=dims), dim=dims), dim=dims)
+    return _centered(torch.fft.ifftn, spectrum, 3)
 
 
 def fourier_to_hartley(spectrum: Tensor) -> Tensor:
@@ -75,19 +80,21 @@ def ihartley3_centered(hartley: Tensor) -> Tensor:
     return hartley3_centered(hartley) / n
 
 
-def fourier_crop2(images: Tensor, new_box: int) -> Tensor:
-    """Downsample real ``(..., D, D)`` images to ``(..., d, d)`` by cropping their centred spectrum.
-
-    The pixel size grows by ``D / d``; intensities are scaled so that pixel values (not sums) are preserved.
-    """
-    d_old = images.shape[-1]
-    if new_box == d_old:
-        return images
-    if new_box > d_old or new_box % 2:
-        raise ValueError(f"new box {new_box} must be even and <= {d_old}")
-    start = d_old // 2 - new_box // 2
-    spec = fft2_centered(images)[..., start : start + new_box, start : start + new_box]
-    return ifft2_centered(spec).real * (new_box / d_old) ** 2
+def fourier_resize(x: Tensor, box: int, ndim: int) -> Tensor:
+    """Resample real ``(..., D, …, D)`` arrays to ``(..., d, …, d)`` (``d = box``) over their last ``ndim`` axes by
+    cropping or zero-padding the centred spectrum: the centre (index ``D//2`` -> ``d//2``) and the values are
+    kept, the pixel size changes by ``D / d``."""
+    size = x.shape[-1]
+    if box == size:
+        return x
+    spectrum = _centered(torch.fft.fftn, x, ndim)
+    if box < size:
+        start = size // 2 - box // 2
+        spectrum = spectrum[(..., *[slice(start, start + box)] * ndim)]
+    else:
+        before = box // 2 - size // 2
+        spectrum = F.pad(spectrum, (before, box - size - before) * ndim)
+    return _centered(torch.fft.ifftn, spectrum, ndim).real * (box / size) ** ndim
 
 
 def frequency_grid_2d(box: int, pixel_size_A: float = 1.0, device=None, dtype=torch.float32) -> Tensor:

@@ -19,7 +19,6 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import InputError, OutputError
 from ..io.atomic import atomic_path
@@ -30,6 +29,7 @@ from ..io.structure import read_structure
 from ..physics.density import model_to_map
 from ..physics.projection import projection_volume, render
 from ..physics.resample import resample_map
+from ..progress import progress
 from .molecule import demo_structure
 
 _STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".cif.gz")
@@ -99,7 +99,7 @@ def _clean_batches(volume: torch.Tensor, table: ParticleTable, cfg: SimulationCo
     ctf = table.ctf_params().to(dtype=volume.dtype)
     rotations = torch.from_numpy(table.rotations).to(volume.dtype)
     shifts = torch.from_numpy(table.shifts_A).to(volume.dtype)
-    for start in tqdm(range(0, cfg.n, cfg.batch), desc=desc, unit="batch", leave=False):
+    for start in progress(range(0, cfg.n, cfg.batch), desc=desc, unit="batch"):
         sel = slice(start, min(start + cfg.batch, cfg.n))
         yield start, render(volume, rotations[sel], cfg.apix, ctf=ctf[sel], shifts_A=shifts[sel], box=cfg.box)
 

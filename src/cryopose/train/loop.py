@@ -1,7 +1,8 @@
 """The one training loop every method runs in: batching, progress, logging, checkpoints and resume.
 
 A method (see :class:`Method`) supplies ``begin_epoch`` (stage switches), ``step`` (one batch), ``end_epoch``
-and its state; the loop owns the order of particles, the clock, the log and the checkpoints. Particle order is a
+and its state, and optionally a pre-training stage before the epochs (``pretrain_plan``: steps on random
+batches, e.g. a denoiser); the loop owns the order of particles, the clock, the log and the checkpoints of both. Particle order is a
 pure function of (seed, epoch), so a resumed run replays the same batches from where the checkpoint was taken.
 In a distributed run (:mod:`cryopose.train.distributed`) each rank trains on its own shard of the particles
 with the same number of batches per epoch; rank 0 logs and writes checkpoints.
@@ -18,18 +19,21 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Sampler
-from tqdm.auto import tqdm
 
 from ..io.dataset import ParticleDataset, make_loader
+from ..io.run_files import CHECKPOINT
 from ..physics.ctf import CTFParams
+from ..progress import progress
 from .distributed import Context
-from .run_dir import CHECKPOINT, MetricsLog, load_checkpoint, save_checkpoint
+from .run_dir import MetricsLog, load_checkpoint, save_checkpoint
 
 
 class Method(Protocol):
-    """What a reconstruction method provides to the loop."""
+    """What a reconstruction method provides to the loop. ``distribute(wrap)``: train through ``wrap(module)``
+    (gradients averaged over the ranks); ``pretrain_plan()``: (steps, batch) of pre-training still to do,
+    ``(0, 0)`` for none."""
 
     def stage(self, epoch: int) -> str: ...
 
@@ -47,7 +51,15 @@ class Method(Protocol):
 
     def load_state_dict(self, state: dict) -> None: ...
 
-    def distribute(self, ctx: Context) -> None: ...
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None: ...
+
+    def pretrain_plan(self) -> tuple[int, int]: ...
+
+    def begin_pretrain(self, dataset: ParticleDataset, seed: int) -> None: ...
+
+    def pretrain_step(self, batch: dict) -> dict[str, float]: ...
+
+    def end_pretrain(self) -> dict[str, float]: ...
 
     def particle_state(self) -> list[Tensor]: ...
 
@@ -124,11 +136,11 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
     metrics (map writing, evaluation against a reference) that go to the log; it runs on rank 0 only.
     ``cfg.batch`` is the batch of the whole job: each of the ``ctx.world`` ranks takes ``batch / world`` of it.
     """
-    loop = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "loss_sum": 0.0}
+    loop = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "loss_sum": 0.0, "pretrain_step": 0}
     if resume:
         ckpt = load_checkpoint(run / CHECKPOINT, device)
         method.load_state_dict(ckpt["method"])
-        loop = ckpt["loop"]
+        loop = {**loop, **ckpt["loop"]}
         torch.set_rng_state(ckpt["rng"])
         if ctx.first:
             log.write(kind="resume", **loop)
@@ -136,29 +148,52 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
             loop["loss_sum"] = 0.0
             for counter in method.counters():
                 counter.zero_()
-    method.distribute(ctx)
+    method.distribute(ctx.wrap)
 
-    def synchronise() -> None:
-        """Merge the ranks' per-particle rows and running sums (collective: every rank calls it)."""
-        ctx.merge_rows_(method.particle_state(), sampler.owner() if ctx.world > 1 else None)
+    def synchronise(owner: Tensor | None) -> None:
+        """Merge the ranks' per-particle rows (``owner``: the rank that updated each since the last merge; None:
+        none did) and running sums (collective: every rank calls it)."""
+        if owner is not None:
+            ctx.merge_rows_(method.particle_state(), owner if ctx.world > 1 else None)
         sums = method.counters() + [torch.tensor([loop["loss_sum"]], dtype=torch.float64, device=device)]
         ctx.collect_(sums)
         loop["loss_sum"] = float(sums[-1])
 
-    def checkpoint() -> None:
-        synchronise()
+    def checkpoint(owner: Tensor | None = None) -> None:
+        synchronise(owner)
         if ctx.first:
             save_checkpoint(run / CHECKPOINT, {"method": method.state_dict(), "loop": dict(loop),
                                                "rng": torch.get_rng_state()})
 
+    last_save = time.time()
+    steps, size = method.pretrain_plan()
+    if loop["pretrain_step"] < steps:
+        if loop["pretrain_step"] == 0:
+            method.begin_pretrain(dataset, cfg.seed)
+        draws = torch.randint(len(dataset), (steps, size), generator=torch.Generator().manual_seed(cfg.seed))
+        batches = draws[loop["pretrain_step"]:, ctx.rank::ctx.world].tolist()  # each rank its share of a batch
+        bar = progress(make_loader(dataset, batch_sampler=batches, num_workers=cfg.num_workers), show=ctx.first,
+                       total=steps, initial=loop["pretrain_step"], desc="pre-training", unit="step")
+        for batch in bar:
+            metrics = method.pretrain_step(to_device(batch, device))
+            loop["pretrain_step"] += 1
+            bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4g}")
+            if ctx.agree(time.time() - last_save > 60 * cfg.checkpoint_minutes):
+                checkpoint()
+                last_save = time.time()
+        bar.close()
+        if ctx.first:
+            log.write(kind="pretrain", steps=loop["pretrain_step"], **method.end_pretrain())
+        checkpoint()
+        last_save = time.time()
     last_save = time.time()
     while loop["epoch"] < cfg.epochs:
         epoch = loop["epoch"]
         method.begin_epoch(epoch)
         sampler = EpochBatches(len(dataset), cfg.batch, epoch, cfg.seed, loop["batch"], ctx)
         loader = make_loader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers)
-        bar = tqdm(loader, total=sampler.count, initial=loop["batch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   unit="batch", disable=not ctx.first, leave=False)
+        bar = progress(loader, show=ctx.first, total=sampler.count, initial=loop["batch"],
+                       desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
         t_epoch, seen = time.time(), 0
         for batch in bar:
             t0 = time.time()
@@ -176,10 +211,10 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
                 log.write(kind="step", epoch=epoch, step=loop["step"], stage=method.stage(epoch),
                           images_per_s=rate, **metrics)
             if ctx.agree(time.time() - last_save > 60 * cfg.checkpoint_minutes):
-                checkpoint()
+                checkpoint(sampler.owner())
                 last_save = time.time()
         bar.close()
-        synchronise()
+        synchronise(sampler.owner())
         record = {"kind": "epoch", "epoch": epoch, "stage": method.stage(epoch), "step": loop["step"],
                   "loss": loop["loss_sum"] / max(loop["batch"] * ctx.world, 1),
                   "train_seconds": round(loop["seconds"], 2),

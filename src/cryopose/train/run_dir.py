@@ -1,13 +1,5 @@
-"""Run directories: resolved configuration, JSONL metrics log, atomic checkpoints.
-
-Layout (DESIGN §1)::
-
-    RUN/config.json        the resolved configuration
-    RUN/log.jsonl          one JSON object per logged step / epoch
-    RUN/checkpoint.pt      the latest checkpoint (replaced atomically)
-    RUN/maps/epoch_NNN.mrc the map after each epoch
-    RUN/map.mrc, RUN/poses.star, RUN/report.html   final outputs
-"""
+"""Run directories (file names in :mod:`cryopose.io.run_files`): resolved configuration, JSONL metrics log,
+atomic checkpoints."""
 
 from __future__ import annotations
 
@@ -17,16 +9,14 @@ import os
 import pickle
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError, OutputError
 from ..io.atomic import atomic_path
-
-CHECKPOINT = "checkpoint.pt"
-_OWNED = ("config.json", "log.jsonl", CHECKPOINT, "maps", "map.mrc", "half1.mrc", "half2.mrc", "poses.star",
-          "report.html", "evaluation.json", "plots", "map_aligned.mrc")
+from ..io.run_files import CHECKPOINT, CONFIG, EPOCH_MAPS, OWNED
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,19 +30,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_run_dir(path: str | os.PathLike, config: dict, *, resume: bool, force: bool,
-                    switch_epoch: int | None = None) -> tuple[Path, dict]:
-    """Create or reopen a run directory; returns it and the configuration to use.
+                    switch_epoch: int | None = None) -> tuple[dict, bool]:
+    """Create or reopen a run directory; returns the configuration to use and whether the run resumes.
 
     A new run refuses a folder that already holds a run unless ``force`` (which clears the run's own files,
     nothing else). ``resume`` reuses the saved configuration (the current one must describe the same data)
     but for the epochs, device, workers, processes, the symmetry relaxation and, when given, the method's
     ``switch_epoch``: a copy of a run taken at its switch can continue stage 1 instead (a branched run).
+    A run killed before its first checkpoint lost nothing: ``resume`` then starts it over, with a warning.
     """
     run = Path(path)
-    saved = run / "config.json"
-    if resume:
-        if not (run / CHECKPOINT).is_file():
-            raise InputError(run, "no checkpoint.pt to resume from")
+    saved = run / CONFIG
+    if resume and not (run / CHECKPOINT).is_file():
+        warnings.warn(f"{run}: no {CHECKPOINT} to resume from; starting the run from the beginning")
+        resume = force = True
+    if resume and not force:
         old = json.loads(saved.read_text())
         if old.get("particles") != config.get("particles"):
             raise InputError(run, f"was run on {old.get('particles')}, not {config.get('particles')}")
@@ -65,16 +57,16 @@ def prepare_run_dir(path: str | os.PathLike, config: dict, *, resume: bool, forc
     elif saved.exists():
         if not force:
             raise InputError(run, "already holds a run; use --resume to continue it or --force to replace it")
-        for name in _OWNED:
+        for name in OWNED:
             target = run / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     try:
-        (run / "maps").mkdir(parents=True, exist_ok=True)
+        (run / EPOCH_MAPS).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(run, f"cannot create the run directory ({err.strerror or err})") from err
     with atomic_path(saved) as tmp:
         tmp.write_text(json.dumps(config, indent=2, default=str))
-    return run, config
+    return config, resume and not force
 
 
 def _check_switch_move(run: Path, old: int, new: int) -> None:

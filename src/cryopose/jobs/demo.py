@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from pathlib import Path
 
+from ..io.run_files import MAP, REPORT
+from ..simulation.simulate import SimulationConfig, simulate
 from .backproject import backproject
-from .evaluate.run import evaluate_run
-from .simulation.simulate import SimulationConfig, simulate
+from .evaluate import evaluate_run
 
 
 def demo(out: str | os.PathLike, *, n: int = 5000, box: int = 64, apix: float = 1.5, snr: float = 0.1,
@@ -23,14 +25,25 @@ def demo(out: str | os.PathLike, *, n: int = 5000, box: int = 64, apix: float = 
     summary = simulate(SimulationConfig(source="demo", box=box, apix=apix, n=n, snr=snr, seed=seed), sim_dir,
                        force=force)
     run_dir.mkdir(parents=True, exist_ok=True)
-    backproject(sim_dir / "particles.star", run_dir / "map.mrc", snr=snr, halves=True)
-    for i in (1, 2):  # the run-directory names evaluate_run looks for
-        os.replace(run_dir / f"map_half{i}.mrc", run_dir / f"half{i}.mrc")
+    backproject(sim_dir / "particles.star", run_dir / MAP, snr=snr, halves=True)  # writes the run's half maps
     result = evaluate_run(run_dir, sim_dir / "ground_truth.mrc")
     return {
         "particles": n, "box": box, "apix_A": apix, "snr": summary["measured_snr"],
         "method": "backproject from the true poses (oracle)",
         "resolution_vs_truth_A": result["fsc_vs_reference"].get("resolution_0.5_A"),
         "resolution_half_maps_A": (result["fsc_halves"] or {}).get("resolution_0.143_A"),
-        "seconds": round(time.time() - start, 1), "report": str(run_dir / "report.html"),
+        "seconds": round(time.time() - start, 1), "report": str(run_dir / REPORT),
     }
+
+
+def run(args: argparse.Namespace) -> None:
+    summary = demo(args.output, n=args.n, box=args.box, apix=args.apix, snr=args.snr, seed=args.seed,
+                   force=args.force)
+    print(f"demo: {summary['particles']} particles of the built-in molecule, {summary['box']} px at "
+          f"{summary['apix_A']} Å/px, SNR {summary['snr']:.3g}")
+    print(f"reconstruction: {summary['method']}")
+    print(f"resolution vs ground truth (FSC 0.5): {summary['resolution_vs_truth_A']:.2f} Å; "
+          f"half maps (FSC 0.143): {summary['resolution_half_maps_A']:.2f} Å "
+          f"(Nyquist {2 * summary['apix_A']:.2f} Å)")
+    print(f"time: {summary['seconds']:.0f} s")
+    print(f"report: {summary['report']}")

@@ -1,17 +1,18 @@
-"""``cryopose info``: a human-readable summary of a particle file (.star/.cs) or an MRC map/stack."""
+"""``cryopose info``: a human-readable summary of a particle file (.star/.cs/.pkl) or an MRC map/stack."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .io import read_particles
-from .io.dataset import check_stacks
-from .io.mrc import read_map, stack_info
-from .io.particles import ParticleTable
+from ..errors import InputError
+from ..io import read_particles
+from ..io.dataset import check_stacks
+from ..io.mrc import read_map, stack_info
+from ..io.particles import ParticleTable
 
 _MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".gz", ".bz2")
 
@@ -85,3 +86,10 @@ def info(path: str | os.PathLike, datadir: str | os.PathLike | None = None,
         return describe_mrc(path), None
     table = read_particles(path, datadir=datadir, apix=apix)
     return describe_particles(table), table
+
+
+def run(args: argparse.Namespace) -> None:
+    text, table = info(args.file, datadir=args.datadir, apix=args.apix)
+    print(text, flush=True)  # the summary is shown even when a stack check below fails
+    if table is not None and not args.no_check:
+        print(check_lines(table))

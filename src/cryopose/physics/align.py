@@ -31,11 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..geometry.so3_grid import cell_quaternions, children, n_cells, quaternion_to_matrix
-from ..physics.fourier import fft3_centered, ifft3_centered
-from ..physics.fourier import radius_grid
+from ..geometry.rotations import MIRROR
+from ..geometry.so3_search import grid_search
+from .fourier import fourier_resize, radius_grid
 from .fsc import soft_sphere_mask
-from .poses import MIRROR
 
 
 # ----------------------------------------------------------------------------------------------- transforms
@@ -72,21 +71,6 @@ def transform_volume(volume: Tensor, matrix: Tensor, shift: Tensor | None = None
     t = torch.zeros(3, dtype=volume.dtype, device=volume.device) if shift is None else shift.to(volume)
     src = (_grid_points(box, volume) - t[..., None, :]) @ mats  # row vectors: (x − t)ᵀ L = (Lᵀ(x − t))ᵀ
     return _sample(volume, src).reshape(*mats.shape[:-2], box, box, box)
-
-
-def fourier_resize3(volume: Tensor, box: int) -> Tensor:
-    """Resample a ``(D, D, D)`` map to ``(d, d, d)`` (``d`` even) by cropping or zero-padding its centred
-    spectrum, keeping the box centre and voxel values; the voxel size changes by ``D / d``."""
-    size = volume.shape[-1]
-    if box == size:
-        return volume
-    spec = fft3_centered(volume)
-    if box < size:
-        start = size // 2 - box // 2
-        spec = spec[start:start + box, start:start + box, start:start + box]
-    else:
-        spec = F.pad(spec, ((box - size) // 2,) * 6)
-    return ifft3_centered(spec).real * (box / size) ** 3
 
 
 def _tensor(x: Tensor | np.ndarray) -> Tensor:
@@ -136,7 +120,7 @@ class MapAlignment:
         Trilinear interpolation runs on a copy Fourier-padded ``oversample`` times, which keeps the FSC of an
         exactly transformed map above ~0.9 up to Nyquist (about 0.7 without it); ``slab`` output planes at a time.
         """
-        big = fourier_resize3(_tensor(volume).float(), oversample * volume.shape[-1])
+        big = fourier_resize(_tensor(volume).float(), oversample * volume.shape[-1], 3)
         size = big.shape[-1]
         matrix = torch.as_tensor(self.matrix).to(big)
         shift = torch.as_tensor(self.shift_px * oversample).to(big)
@@ -144,7 +128,7 @@ class MapAlignment:
         for start in range(0, size, slab):
             planes = slice(start, start + slab)
             out[planes] = _sample(big, (_grid_points(size, big, planes) - shift) @ matrix).reshape(out[planes].shape)
-        return fourier_resize3(out, volume.shape[-1])
+        return fourier_resize(out, volume.shape[-1], 3)
 
     def transform_poses(self, rotations, shifts_A=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Poses of the aligned map that explain the same images: ``(N, 3, 3)`` RELION matrices and ``(N, 2)``
@@ -242,7 +226,7 @@ def _refine(moving: Tensor, ref: Tensor, rotation: Tensor, shift: Tensor, mirror
 
 
 def _prepared(volume: Tensor, box: int, mask: bool) -> Tensor:
-    v = fourier_resize3(_background_subtracted(volume), box)
+    v = fourier_resize(_background_subtracted(volume), box, 3)
     if mask:
         v = _unit(v * soft_sphere_mask(box, device=v.device).to(v.dtype))
     return v
@@ -254,20 +238,20 @@ def _angle_deg(rotations: Tensor) -> Tensor:
                                                                              device=rotations.device)))
 
 
-def _beam_search(moving: Tensor, ref: Tensor, mirrored: bool, level: int, subdivisions: int, beam: int,
-                 max_shift: int, exclude_deg: float = 0.0) -> tuple[float, Tensor, Tensor]:
-    """Best (score, rotation ``(3, 3)``, shift ``(3,)`` voxels) of one hand: every cell of the Hopf grid at
-    ``level``, then ``subdivisions`` times the 8 children of the ``beam`` best cells; rotations within
-    ``exclude_deg`` of the identity are never chosen."""
-    cells = torch.arange(n_cells(level), device=moving.device)
-    for lvl in range(level, level + subdivisions + 1):
-        mats = quaternion_to_matrix(cell_quaternions(lvl, cells, dtype=torch.float64))
-        scores, shifts = _search_hand(moving, ref, mats.to(moving), mirrored, max_shift)
-        if exclude_deg > 0:
-            scores = scores.masked_fill(_angle_deg(mats).to(scores.device) < exclude_deg, -math.inf)
-        top = scores.topk(min(beam, len(scores))).indices
-        cells = children(lvl, cells[top]).flatten()
-    return float(scores[top[0]]), mats[top[0]], shifts[top[0]]
+def _search(moving: Tensor, ref: Tensor, mirrored: bool, level: int, subdivisions: int, beam: int,
+            max_shift: int, exclude_deg: float) -> tuple[float, Tensor, Tensor]:
+    """Best (score, rotation ``(3, 3)``, shift ``(3,)`` voxels) of one hand by a grid search from every cell of
+    ``level`` down ``subdivisions`` levels, keeping the ``beam`` best cells (cost: minus :func:`_search_hand`'s
+    score); rotations within ``exclude_deg`` of the identity are never chosen."""
+
+    def cost(rotations: Tensor) -> Tensor:  # (1, K, 3, 3) -> (1, K)
+        scores, _ = _search_hand(moving, ref, rotations[0].to(moving), mirrored, max_shift)
+        return (-scores).masked_fill(_angle_deg(rotations[0]).to(scores.device) < exclude_deg, math.inf)[None]
+
+    rotations, costs = grid_search(cost, 1, width=beam, depth=level + subdivisions, start_level=level,
+                                   device=moving.device, dtype=torch.float64)
+    _, shift = _search_hand(moving, ref, rotations.to(moving), mirrored, max_shift)
+    return -float(costs[0]), rotations[0], shift[0]
 
 
 def align_maps(moving, reference, *, voxel_size_A: float = 1.0, level: int = 1, subdivisions: int = 2,
@@ -295,7 +279,7 @@ def align_maps(moving, reference, *, voxel_size_A: float = 1.0, level: int = 1, 
         raise ValueError(f"maps must be cubic with the same even box: {tuple(mov.shape)} vs {tuple(ref.shape)}")
     small = min(box, search_box // 2 * 2)
     mov_s, ref_s = _prepared(mov, small, mask=False), _prepared(ref, small, mask=True)
-    hands = [(*_beam_search(mov_s, ref_s, m, level, subdivisions, beam, int(max_shift * small), exclude_deg), m)
+    hands = [(*_search(mov_s, ref_s, m, level, subdivisions, beam, int(max_shift * small), exclude_deg), m)
              for m in ((False, True) if allow_mirror else (False,))]
     grid_score, rot, t, mirrored = max(hands, key=lambda h: h[0])
     fine = min(box, refine_box // 2 * 2)

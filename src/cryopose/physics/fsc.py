@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..physics.fourier import fft3_centered, radius_grid, shell_index
+from .fourier import fft3_centered, radius_grid, shell_index
 
 
 def soft_sphere_mask(box: int, radius: float | None = None, width: float | None = None, device=None) -> Tensor:

@@ -1,0 +1,104 @@
+"""``cryopose evaluate``: compare a reconstruction with ground truth and write a report.
+
+``evaluate_run`` aligns the map to the reference (both hands), computes the FSC against it (resolution at 0.5)
+and between half maps (0.143), aligns the estimated poses to the true ones, and writes ``evaluation.json``,
+``map_aligned.mrc``, ``report.html`` and the figures and FSC table in ``plots/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ..errors import InputError
+from ..evaluate.compare import finite, fsc_curve, pose_errors, read_maps, reference_on_grid
+from ..evaluate.report import write_report
+from ..io import read_particles
+from ..io.atomic import atomic_path
+from ..io.mrc import write_map
+from ..io.run_files import EVALUATION, HALF_MAPS, MAP, MAP_ALIGNED, POSES
+from ..physics.align import align_maps
+from ..physics.fsc import soft_sphere_mask
+
+
+def _locate(target: Path, poses_est, halves) -> tuple[Path, Path | None, tuple[Path, Path] | None]:
+    """The map, estimated poses and half maps of a run directory (:mod:`cryopose.io.run_files`) or of a map
+    file; explicit arguments win."""
+    if target.is_dir():
+        map_path = target / MAP
+        if not map_path.is_file():
+            raise InputError(target, f"run directory has no {MAP}")
+        if poses_est is None and (target / POSES).is_file():
+            poses_est = target / POSES
+        if halves is None and all((target / name).is_file() for name in HALF_MAPS):
+            halves = tuple(target / name for name in HALF_MAPS)
+    elif target.is_file():
+        map_path = target
+    else:
+        raise InputError(target, "no such map file or run directory")
+    poses_est = None if poses_est is None else Path(poses_est)
+    return map_path, poses_est, None if halves is None else (Path(halves[0]), Path(halves[1]))
+
+
+def evaluate_run(map_path_or_run_dir: str | os.PathLike, ref_path: str | os.PathLike,
+                 poses_truth: str | os.PathLike | None = None, poses_est: str | os.PathLike | None = None,
+                 out_dir: str | os.PathLike | None = None, apix: float | None = None,
+                 halves: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> dict:
+    """Evaluate a reconstruction against a ground-truth map (and poses); returns the ``evaluation.json`` dict.
+
+    Args:
+        map_path_or_run_dir: a map, or a run directory holding ``map.mrc`` (and ``poses.star``,
+            ``map_half1.mrc``/``map_half2.mrc``, used when present).
+        ref_path: ground-truth map (resampled to the reconstruction's box and voxel size when they differ).
+        poses_truth: true poses (.star/.cs); with estimated poses, pose errors are reported.
+        poses_est: estimated poses (default: the run directory's ``poses.star``).
+        out_dir: where the files go (default: the run directory, or the map's folder); figures in ``plots/``.
+        apix: voxel size (Å) of the reconstruction and half maps, overriding their headers.
+        halves: two half maps (default: the run directory's).
+    """
+    target = Path(map_path_or_run_dir)
+    map_path, poses_est, halves = _locate(target, poses_est, halves)
+    if poses_truth is not None and poses_est is None:
+        raise InputError(target, "true poses were given but there are no estimated poses (poses.star) to compare")
+    out = Path(out_dir) if out_dir is not None else (target if target.is_dir() else map_path.parent)
+    ref_path = Path(ref_path)
+    (est,), size = read_maps([map_path], apix)
+    ref, resampled = reference_on_grid(ref_path, est.shape[0], size)
+
+    aligned, alignment = align_maps(est, ref, voxel_size_A=size)
+    aligned = aligned.cpu().numpy()
+    write_map(out / MAP_ALIGNED, aligned, size)
+    box = ref.shape[0]
+    edge = max(2.0, box / 16)
+    mask = soft_sphere_mask(box, box / 2 - edge, edge)
+    curves = [fsc_curve("map vs reference", aligned, ref, size, mask, (0.5, 0.143))]
+    result = {
+        "map": str(map_path), "reference": str(ref_path), "reference_resampled": resampled, "box": box,
+        "apix_A": size, "nyquist_A": 2 * size,
+        "mask": f"soft sphere, radius {box / 2 - edge:.1f} px, raised-cosine edge {edge:.1f} px",
+        "alignment": alignment.to_dict(),
+        "fsc_vs_reference": {f"resolution_{t:g}_A": finite(r) for t, r in curves[0].resolutions_A.items()},
+        "fsc_halves": None, "poses": None,
+    }
+    if halves is not None:
+        (h1, h2), _ = read_maps(list(halves), apix, expect=(est.shape, size))
+        curves.append(fsc_curve("half map 1 vs 2", h1, h2, size, mask, (0.143,)))
+        result["fsc_halves"] = {"half1": str(halves[0]), "half2": str(halves[1]),
+                                "resolution_0.143_A": finite(curves[1].resolutions_A[0.143])}
+    errors = None
+    if poses_truth is not None:
+        result["poses"], errors = pose_errors(read_particles(poses_est), read_particles(poses_truth), alignment)
+        result["poses"].update(estimated=str(poses_est), truth=str(poses_truth))
+    result["files"] = {"map_aligned": MAP_ALIGNED, "evaluation_json": EVALUATION,
+                       **write_report(out, result, curves, {"aligned map": aligned, "reference": ref}, errors)}
+    with atomic_path(out / EVALUATION) as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def run(args: argparse.Namespace) -> None:
+    result = evaluate_run(args.run, args.ref, poses_truth=args.poses, apix=args.apix, out_dir=args.output)
+    print(json.dumps({k: result[k] for k in ("fsc_vs_reference", "fsc_halves", "poses") if result.get(k)},
+                     indent=2))

@@ -1,0 +1,209 @@
+"""``cryopose reconstruct``: ab initio reconstruction of a particle data set into a run directory
+(:mod:`cryopose.io.run_files`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..evaluate.compare import reference_on_grid
+from ..evaluate.measure import Measure, epoch_evaluator, evaluator
+from ..io.dataset import DataOptions, ParticleDataset, open_dataset
+from ..io.mrc import write_map
+from ..io.particles import ParticleTable
+from ..io.run_files import HALF_MAPS, LOG, MAP, POSES
+from ..io.star import write_star
+from ..methods.backprojection import backproject_dataset
+from ..methods.losses import noise_sigma, signal_shell_rms
+from ..methods.pseudo_symmetry import relax_pseudo_symmetry
+from ..methods.search_supervised import SearchSupervised, SearchSupervisedConfig
+from ..methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
+from ..physics.fsc import fsc, fsc_resolution, soft_sphere_mask
+from ..train import distributed
+from ..train.loop import LoopConfig, peak_memory, train
+from ..train.run_dir import MetricsLog, prepare_run_dir, resolve_device
+
+METHODS = {"semi-amortized": (SemiAmortized, SemiAmortizedConfig),
+           "search-supervised": (SearchSupervised, SearchSupervisedConfig)}
+
+
+@dataclass(frozen=True)
+class ReconstructOptions:
+    """What ``cryopose reconstruct`` runs (see its ``--help``). ``method_options`` are fields of the method's
+    config (:class:`SemiAmortizedConfig`, :class:`SearchSupervisedConfig`); the rest keep the method's default.
+    ``batch`` is the batch of the whole job under torchrun."""
+
+    method: str = "semi-amortized"
+    epochs: int = 20
+    batch: int = 32
+    shifts: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    checkpoint_minutes: float = 5.0
+    workers: int = 0
+    halves: bool = False
+    relax_symmetry: bool = True
+    ref: str | os.PathLike | None = None
+    method_options: dict = field(default_factory=dict)
+
+
+def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
+                options: ReconstructOptions = ReconstructOptions(), data: DataOptions = DataOptions(), *,
+                resume: bool = False, force: bool = False) -> dict:
+    """Run ab initio reconstruction into the run directory ``out``; returns a summary (also in the log).
+
+    Started by ``torchrun`` it runs data-parallel (:mod:`cryopose.train.distributed`); ranks other than 0
+    return an empty summary. After training, a pseudo-symmetric map has each particle choose between its pose
+    and its mate (``relax_symmetry``, :mod:`cryopose.methods.pseudo_symmetry`); ``map.mrc`` is then
+    reconstructed from the chosen poses.
+    """
+    if options.method not in METHODS:
+        raise InputError(None, f"unknown --method {options.method!r} (choose from {', '.join(METHODS)})")
+    with distributed.session(resolve_device(options.device)) as (ctx, device):
+        table, dataset = open_dataset(particles, data)
+        config = _configuration(particles, options, data, dataset, device, ctx.world)
+        switch = options.method_options.get("switch_epoch") if resume else None  # a resume may move the switch
+        config, resume = ctx.on_first(lambda: prepare_run_dir(out, config, resume=resume, force=force,
+                                                              switch_epoch=switch))
+        run, start = Path(out), time.time()
+        log = MetricsLog(run / LOG)
+        torch.manual_seed(config["seed"])
+        model, sigma = _build_method(config, dataset, device)
+        reference = None if config["reference"] is None else torch.tensor(
+            reference_on_grid(config["reference"], dataset.box, dataset.pixel_size_A)[0])
+        measure = evaluator(dataset.pixel_size_A, reference, table.rotations, table.shifts_A)
+        loop = LoopConfig(epochs=config["epochs"], batch=config["batch"], seed=config["seed"],
+                          checkpoint_minutes=config["checkpoint_minutes"], num_workers=config["num_workers"])
+        try:
+            train(model, dataset, run, loop, device, log, resume=resume, ctx=ctx,
+                  on_epoch_end=epoch_evaluator(run, dataset.pixel_size_A, measure))
+        finally:  # free the DDP wrappers while the process group lives: a gloo group destroyed last by a
+            # wrapper's reducer is torn down holding the GIL and can deadlock (pytorch/pytorch#56297)
+            model.distribute(lambda module: module)
+        if not ctx.first:  # rank 0 writes the outputs; every rank holds the merged poses and the same map
+            return {}
+        density, rotations, shifts, relaxed = _final_poses(model, dataset, sigma, measure, log, device,
+                                                           config.get("relax_symmetry", True))
+        summary = {"kind": "done", **_write_outputs(run, config, table, dataset, density, rotations, shifts,
+                                                    options.halves, device)}
+        summary["seconds"] = round(time.time() - start, 1)
+        summary.update(peak_memory(device))
+        summary.update(_last_figures(log, relaxed))
+        log.write(**summary)
+        return summary
+
+
+def _configuration(particles, options: ReconstructOptions, data: DataOptions, dataset: ParticleDataset,
+                   device: torch.device, processes: int) -> dict:
+    """The run's resolved configuration (``config.json``), the method's settings included."""
+    shifts = options.shifts
+    if shifts == "auto":  # centred data (shift columns all zero) need no shift search; anything else does
+        known = dataset.table.shifts_A
+        shifts = "off" if known is not None and not np.any(known) else "on"
+    _, config_cls = METHODS[options.method]
+    try:
+        method_cfg = replace(config_cls(**options.method_options), shifts=shifts == "on")
+    except TypeError as err:
+        raise InputError(None, f"--method {options.method}: {err}") from None
+    return {"particles": str(Path(particles).resolve()), "method": options.method, "epochs": options.epochs,
+            "batch": options.batch, "box": dataset.box, "apix_A": dataset.pixel_size_A, "invert": data.invert,
+            "seed": options.seed, "device": str(device), "num_workers": options.workers,
+            "checkpoint_minutes": options.checkpoint_minutes,
+            "reference": None if options.ref is None else str(Path(options.ref).resolve()),
+            "datadir": data.datadir, "options": asdict(method_cfg), "processes": processes,
+            "relax_symmetry": options.relax_symmetry}
+
+
+def _build_method(config: dict, dataset: ParticleDataset, device: torch.device):
+    """The method of ``config`` and the images' noise level per Fourier coefficient, both from 512 images."""
+    sample = np.sort(np.random.default_rng(config["seed"]).choice(len(dataset), min(len(dataset), 512),
+                                                                  replace=False))
+    stats = dataset.__getitems__(sample)
+    sigma = noise_sigma(stats["images"])
+    init_rms = signal_shell_rms(stats["images"], stats["ctf"], dataset.pixel_size_A, sigma)
+    method_cls, config_cls = METHODS[config["method"]]
+    model = method_cls(config_cls(**config["options"]), len(dataset), dataset.box, dataset.pixel_size_A, sigma,
+                       device, seed=config["seed"], init_rms=init_rms)
+    return model, sigma
+
+
+def _final_poses(model, dataset: ParticleDataset, sigma: float, measure: Measure, log: MetricsLog,
+                 device: torch.device, relax: bool):
+    """The trained map and poses, after the pseudo-symmetry relaxation when ``relax`` (logged, and measured when
+    it moved poses): density ``(D, D, D)``, rotations ``(N, 3, 3)``, shifts ``(N, 2)`` Å or None, and the
+    relaxation's record when it moved poses (else None)."""
+    density = model.density().cpu()
+    rotations, shifts = model.poses()
+    if not relax:
+        return density, rotations, shifts, None
+    rotations, shifts, record = relax_pseudo_symmetry(dataset, density, rotations, shifts, sigma, device=device)
+    if record["relaxed"]:
+        density, = backproject_dataset(dataset, rotations, shifts, device=device)
+        record.update(measure(density, rotations, shifts))
+    log.write(kind="symmetry", **record)
+    return density, rotations, shifts, record if record["relaxed"] else None
+
+
+def _write_outputs(run: Path, config: dict, table: ParticleTable, dataset: ParticleDataset,
+                   density: torch.Tensor, rotations: np.ndarray, shifts: np.ndarray | None, halves: bool,
+                   device: torch.device) -> dict:
+    """Write ``map.mrc``, ``poses.star`` and, with ``halves``, the maps of the even and odd particles at the final
+    poses (as in a gold-standard refinement) with their FSC resolution; returns what was written."""
+    write_map(run / MAP, density.numpy(), dataset.pixel_size_A)
+    result = replace(table, rotations=rotations, shifts_A=shifts if shifts is not None else np.zeros((len(table), 2)))
+    write_star(run / POSES, result, comments=[f"cryopose reconstruct --method {config['method']}: estimated poses"])
+    written = {"map": str(run / MAP), "poses": str(run / POSES)}
+    if halves:
+        _, *half_maps = backproject_dataset(dataset, rotations, shifts, halves=True, device=device)
+        for name, volume in zip(HALF_MAPS, half_maps):
+            write_map(run / name, volume.numpy(), dataset.pixel_size_A)
+        curve = fsc(*half_maps, dataset.pixel_size_A, soft_sphere_mask(dataset.box))
+        written["resolution_halves_0.143_A"] = fsc_resolution(*curve, 0.143)
+    return written
+
+
+def _last_figures(log: MetricsLog, relaxed: dict | None) -> dict:
+    """The resolution, pose and symmetry figures of the last epoch, or of the relaxation when it moved poses."""
+    last = [r for r in log.records() if r.get("kind") == "epoch"] + ([relaxed] if relaxed else [])
+    keys = ("resolution", "pose_", "shift_", "symmetry")
+    return {k: v for k, v in last[-1].items() if k.startswith(keys)} if last else {}
+
+
+_SA, _SS = ("semi-amortized",), ("search-supervised",)
+METHOD_FLAGS = {  # reconstruct flag: (field of the method's config, methods it applies to)
+    "encoder": ("encoder", _SA + _SS), "encoder_box": ("encoder_box", _SA + _SS),
+    "lr_encoder": ("lr_encoder", _SA + _SS),
+    "lr_decoder": ("lr_decoder", _SA + _SS), "loss": ("loss", _SA + _SS),
+    "mantissa_exponent": ("mantissa_exponent", _SA + _SS), "resolution_start": ("resolution_start_A", _SA + _SS),
+    "heads": ("heads", _SA), "beam_explore": ("beam_explore", _SS),
+    "keep_better": ("keep_better", _SS), "beam_start_level": ("beam_start_level", _SS),
+    "epochs_amortized": ("switch_epoch", _SA), "lr_pose": ("lr_pose", _SA), "search_epochs": ("search_epochs", _SA),
+    "epochs_search": ("switch_epoch", _SS), "beam_width": ("beam_width", _SS), "beam_depth": ("beam_depth", _SS),
+    "gd_steps": ("gd_steps", _SS), "gd_lr": ("gd_lr", _SS), "denoiser_factor": ("denoiser_factor", _SS),
+    "denoise_epochs": ("denoise_epochs", _SS), "denoiser_steps": ("denoiser_steps", _SS), "snr": ("snr", _SS)}
+
+
+def run(args: argparse.Namespace) -> None:
+    """The job of the parsed ``cryopose reconstruct`` arguments; prints the summary."""
+    method_options = {}
+    for flag, (name, methods) in METHOD_FLAGS.items():
+        if getattr(args, flag) is None:
+            continue
+        if args.method not in methods:
+            raise InputError(None, f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
+        method_options[name] = getattr(args, flag)
+    options = ReconstructOptions(method=args.method, epochs=args.epochs, batch=args.batch, shifts=args.shifts,
+                                 device=args.device, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
+                                 workers=args.workers, halves=args.halves, relax_symmetry=args.relax_symmetry,
+                                 ref=args.ref, method_options=method_options)
+    data = DataOptions(datadir=args.datadir, apix=args.apix, box=args.box, invert=args.invert)
+    summary = reconstruct(args.particles, args.output, options, data, resume=args.resume, force=args.force)
+    if summary:  # empty on the ranks other than 0 of a torchrun job
+        print("\n".join(f"{k}: {v}" for k, v in summary.items() if k != "kind"))
