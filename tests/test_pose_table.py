@@ -43,3 +43,18 @@ def test_rotation_vector_gradient_is_exact_at_zero():
         expected = torch.zeros(3, dtype=torch.float64)
         expected[k] = 2.0
         torch.testing.assert_close(grad[0], expected)
+
+
+def test_row_adam_learning_rate_per_tensor_and_reset_of_replaced_rows():
+    """Shifts (Å) and rotations (radians) take their own step sizes: Adam's first step moves each entry by its
+    tensor's rate. ``reset`` forgets the moments of rows whose pose was replaced."""
+    table = PoseTable(torch.eye(3).repeat(4, 1, 1), torch.zeros(4, 2))
+    adam = RowAdam([table.rotvec, table.shift], lr=[0.05, 0.6])
+    rows = torch.tensor([0, 2])
+    adam.step(rows, [torch.ones(2, 3), -torch.ones(2, 2)])
+    torch.testing.assert_close(table.rotvec[rows], torch.full((2, 3), -0.05))
+    torch.testing.assert_close(table.shift[rows], torch.full((2, 2), 0.6))
+    adam.reset(torch.tensor([2]))
+    assert adam.steps.tolist() == [1, 0, 0, 0]
+    assert float(adam.exp_avg[1][2].abs().sum()) == 0.0 and float(adam.exp_avg_sq[0][2].abs().sum()) == 0.0
+    assert float(adam.exp_avg[1][0].abs().sum()) > 0  # the other row keeps its moments

@@ -4,6 +4,7 @@ and the whole job through both stages."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from cryopose.io import read_particles
 from cryopose.io.dataset import ParticleDataset
 from cryopose.io.mrc import read_map
 from cryopose.jobs.reconstruct import ReconstructOptions, reconstruct
-from cryopose.methods.losses import noise_sigma, signal_shell_rms
+from cryopose.methods.losses import noise_sigma, signal_shell_rms, target_spectra
 from cryopose.methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
 from cryopose.physics.fourier import hartley3_centered, radius_grid
 from cryopose.simulation.simulate import SimulationConfig, simulate
@@ -108,3 +109,46 @@ def test_head_shares_of_an_epoch_resumed_midway_count_every_batch(tmp_path):
     share = resumed.end_epoch(0)["head_share"]
     assert len(share) == 3 and abs(sum(share) - 1.0) < 1e-3
     assert int(resumed.wins.sum()) == 0  # the next epoch counts afresh
+
+
+def _with_true_map(tmp_path, cfg: SemiAmortizedConfig, n: int = 48, shift_std_px: float = 0.0):
+    """A method switched to stage 2 on small simulated data, its volume the true map (whitened units)."""
+    simulate(SimulationConfig(source="demo", box=32, apix=3.0, n=n, snr=1.0, seed=5, shift_std_px=shift_std_px),
+             tmp_path)
+    table = read_particles(tmp_path / "particles.star")
+    dataset = ParticleDataset(table)
+    sigma = noise_sigma(dataset.__getitems__(np.arange(n))["images"])
+    method = SemiAmortized(cfg, n, 32, table.apix, sigma, torch.device("cpu"))
+    truth = torch.tensor(np.array(read_map(tmp_path / "ground_truth.mrc").data), dtype=torch.float64)
+    method.volume.set_hartley(hartley3_centered(truth) / (dataset.std * sigma))
+    method.best_rotations = roma.random_rotmat(n, generator=torch.Generator().manual_seed(1))
+    method.begin_epoch(cfg.switch_epoch)
+    return method, dataset, table
+
+
+def test_stage_2_shifts_step_in_pixels_not_at_the_rotation_rate(tmp_path):
+    cfg = SemiAmortizedConfig(heads=2, switch_epoch=0, shifts=True)
+    method, _, table = _with_true_map(tmp_path, cfg, n=8)
+    assert method.opt_pose.lr == [cfg.lr_pose, pytest.approx(cfg.lr_shift_px * table.apix)]
+
+
+def test_a_search_that_replaces_a_pose_forgets_its_adam_moments(tmp_path):
+    """Particles moved by the global search start their pose steps afresh; one the search leaves in place keeps
+    its moments."""
+    cfg = SemiAmortizedConfig(heads=2, switch_epoch=0, search_epochs=(0,))
+    method, dataset, table = _with_true_map(tmp_path, cfg)
+    index = torch.arange(len(dataset))
+    batch = dataset.__getitems__(index.numpy())
+    target = target_spectra(batch["images"], method.sigma, method.mask_index)
+    method._search(batch, target, index, method.volume.hartley().detach())
+    truth = torch.as_tensor(table.rotations, dtype=torch.float32)
+    found = roma.rotmat_geodesic_distance(method.table.all_rotations(), truth) < math.radians(10)
+    assert float(found.float().mean()) > 0.8  # the search finds the poses
+    method.table.base[1:] = roma.random_rotmat(len(dataset) - 1, generator=torch.Generator().manual_seed(2))
+    for moments in method.opt_pose.exp_avg + method.opt_pose.exp_avg_sq:
+        moments.fill_(1.0)
+    method.opt_pose.steps.fill_(7)
+    method._search(batch, target, index, method.volume.hartley().detach())  # particle 0 is where it was found
+    assert method.opt_pose.steps.tolist() == [7] + [0] * (len(dataset) - 1)
+    assert float(method.opt_pose.exp_avg[0][1:].abs().sum()) == 0.0
+    assert float(method.opt_pose.exp_avg[0][0].abs().sum()) > 0

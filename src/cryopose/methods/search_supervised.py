@@ -182,10 +182,7 @@ class SearchSupervised(EncoderDecoder):
                 at = (None if start is None else start[:, None]) if shifts is None else shifts  # (B, 1|K, 2)
                 if clean is None:
                     return self.pose_loss(candidates, at, batch, target, volume, radius)
-                spectra = render(volume * self.sigma, candidates, self.apix, ctf=batch["ctf"], shifts_A=at,
-                                 real_space=False)
-                projections = ifft2_centered(spectra).real  # in the units of the normalised images
-                return (self.denoiser(projections) - clean).square().mean((-2, -1))
+                return self.denoised_cost(volume, candidates, at, batch, clean, radius)
 
             held = self.rotations[index] if self.holding else None
             search = self.cfg.search(self.radius_at(self.cfg.beam_start_resolution_A), self.apix,
@@ -219,6 +216,18 @@ class SearchSupervised(EncoderDecoder):
             if shifts is not None:
                 self.shifts[index] = shifts[:, 0].detach()
         return {"loss": data.item(), "supervision": loss_enc.item()}
+
+    def denoised_cost(self, volume: Tensor, rotations: Tensor, shifts: Tensor | None, batch: dict, clean: Tensor,
+                      radius: float | None = None) -> Tensor:
+        """Cryo2SSNet's search cost ``(B, K)``: L2 between the denoised images ``clean`` ``(B, 1, D, D)`` and the
+        denoised projections of the Hartley ``volume`` at ``rotations`` ``(B, K, 3, 3)`` and ``shifts``
+        ``(B, K|1, 2)`` Å, rendered within the current band (and ``radius`` pixels): coefficients beyond it are
+        not fitted yet."""
+        limit = self.radius if radius is None else min(radius, self.radius)
+        spectra = render(volume * self.sigma, rotations, self.apix, ctf=batch["ctf"], shifts_A=shifts,
+                         radius=limit, real_space=False)
+        projections = ifft2_centered(spectra).real  # in the units of the normalised images
+        return (self.denoiser(projections) - clean).square().mean((-2, -1))
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
         if self.stage(epoch) != "search":

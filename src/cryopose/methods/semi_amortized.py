@@ -47,6 +47,7 @@ class SemiAmortizedConfig:
     lr_decoder: float = 5e-3
     lr_decoder_direct: float = 2e-3
     lr_pose: float = 0.05
+    lr_shift_px: float = 0.6  # ours: stage-2 shift step (px); at the rotation rate in Å shifts barely moved
     pose_steps: int = 5
     loss: str = "nll"
     mantissa_exponent: bool = True
@@ -93,7 +94,8 @@ class SemiAmortized(EncoderDecoder):
     def switch(self) -> None:
         """Start auto-decoding: per-particle poses from the best heads, a new pose optimiser, lower decoder lr."""
         self.table = PoseTable(self.best_rotations, self.best_shifts).to(self.device)
-        self.opt_pose = RowAdam([self.table.rotvec, self.table.shift], lr=self.cfg.lr_pose)
+        self.opt_pose = RowAdam([self.table.rotvec, self.table.shift],
+                                lr=[self.cfg.lr_pose, self.cfg.lr_shift_px * self.apix])
         self.set_lr(self.cfg.lr_decoder_direct)
 
     def step(self, batch: dict) -> dict[str, float]:
@@ -137,11 +139,14 @@ class SemiAmortized(EncoderDecoder):
                                   start_radius=self.radius_at(self.cfg.search_resolution_A),
                                   shift_step=self.apix, shift_limit=self.encoder.max_shift_A)
         current = self.table.compose(self.table.rotvec[index], index)
-        self.table.base[index], found, _ = beam_search(cost, len(index), search, device=self.device,
-                                                       incumbent=current, shifts=own)
-        self.table.rotvec[index] = 0.0
+        rotations, found, _ = beam_search(cost, len(index), search, device=self.device, incumbent=current,
+                                          shifts=own)
+        replaced = (rotations - current).abs().amax((1, 2)) > 1e-6
         if found is not None:
+            replaced |= (found != own).any(1)
             self.table.shift[index] = found
+        self.table.base[index], self.table.rotvec[index] = rotations, 0.0
+        self.opt_pose.reset(index[replaced])  # the moments of a pose the particle left
         self.searched_at[index] = self.epoch
 
     def _direct_step(self, batch: dict, target: Tensor) -> dict[str, float]:

@@ -50,12 +50,14 @@ class RowAdam:
     """Adam on selected rows of ``(N, ...)`` tensors with per-row moments and per-row step counts.
 
     ``step(index, grads)`` updates only the rows ``index`` (unique) of each tensor with the batch gradients
-    ``grads[k]`` ``(B, ...)`` — rows outside the batch keep both their values and their moments.
+    ``grads[k]`` ``(B, ...)`` — rows outside the batch keep both their values and their moments. ``lr``: one
+    learning rate, or one per tensor (e.g. radians for rotations, Å for shifts).
     """
 
-    def __init__(self, params: list[Tensor], lr: float = 0.05, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8):
-        self.params, self.lr, self.betas, self.eps = list(params), lr, betas, eps
+    def __init__(self, params: list[Tensor], lr: float | list[float] = 0.05,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params, self.betas, self.eps = list(params), betas, eps
+        self.lr = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(self.params)
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         self.steps = torch.zeros(self.params[0].shape[0], dtype=torch.long, device=self.params[0].device)
@@ -66,7 +68,7 @@ class RowAdam:
         self.steps[index] += 1
         t = self.steps[index].to(self.params[0].dtype)
         bc1, bc2 = 1 - b1**t, 1 - b2**t
-        for p, m, v, g in zip(self.params, self.exp_avg, self.exp_avg_sq, grads):
+        for p, m, v, g, lr in zip(self.params, self.exp_avg, self.exp_avg_sq, grads, self.lr):
             if g is None:
                 continue
             shape = (-1,) + (1,) * (g.ndim - 1)
@@ -74,7 +76,14 @@ class RowAdam:
             v_i = v[index].mul_(b2).addcmul_(g, g, value=1 - b2)
             m[index], v[index] = m_i, v_i
             denom = (v_i / bc2.view(shape)).sqrt_().add_(self.eps)
-            p[index] -= self.lr * (m_i / bc1.view(shape)) / denom
+            p[index] -= lr * (m_i / bc1.view(shape)) / denom
+
+    @torch.no_grad()
+    def reset(self, index: Tensor) -> None:
+        """Forget the moments and step counts of rows ``index`` (their parameters were replaced)."""
+        for m in self.exp_avg + self.exp_avg_sq:
+            m[index] = 0
+        self.steps[index] = 0
 
     def state_dict(self) -> dict:
         return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps, "lr": self.lr}
@@ -83,4 +92,4 @@ class RowAdam:
         for dst, src in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
             dst.copy_(src)
         self.steps.copy_(state["steps"])
-        self.lr = state["lr"]
+        self.lr = state["lr"] if isinstance(state["lr"], list) else [state["lr"]] * len(self.params)
