@@ -85,6 +85,8 @@ def _add_backproject(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snr", type=float, default=None,
                    help="Wiener term 1/SNR added to the CTF² weights (default: none, as relion_reconstruct)")
     p.add_argument("--halves", action="store_true", help="also write maps of the even / odd particles")
+    p.add_argument("--symmetry", default="C1", metavar="G",
+                   help="impose point group G as relion_reconstruct --sym: Cn, Dn, T, O, I (= I2) or I1-I4")
     _add_particle_options(p)
     p.set_defaults(job="backproject")
 
@@ -179,6 +181,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory or map (.mrc)")
     p.add_argument("--ref", required=True, help="reference map (e.g. ground_truth.mrc)")
     p.add_argument("--poses", default=None, help="true poses (.star/.cs) for the pose error")
+    p.add_argument("--symmetry", default="C1", metavar="G",
+                   help="point group of the reference (RELION's frame): pose errors modulo G")
     p.add_argument("--apix", type=float, default=None, help="voxel size (Å) of the map, overriding its header")
     p.add_argument("-o", "--output", default=None, help="folder for the report (default: the run directory)")
     p.set_defaults(job="evaluate")

@@ -12,14 +12,13 @@ import roma
 import torch
 
 from ..errors import InputError
-from ..geometry.rotations import MIRROR
 from ..io.mrc import read_map
 from ..io.particles import ParticleTable
 from ..physics.align import MapAlignment
 from ..physics.fsc import fsc, fsc_resolution
 from ..physics.resample import resample_map
 from ..report.plots import FSCCurve
-from .poses import fit_global_rotation, pose_error
+from .poses import align_poses, summarise
 
 
 # -------------------------------------------------------------------------------------------------- inputs
@@ -81,28 +80,22 @@ def _match(est: ParticleTable, truth: ParticleTable) -> tuple[np.ndarray, np.nda
                                  "(image names differ)")
 
 
-def pose_errors(est: ParticleTable, truth: ParticleTable, alignment: MapAlignment) -> tuple[dict, dict]:
+def pose_errors(est: ParticleTable, truth: ParticleTable, alignment: MapAlignment,
+                symmetry: torch.Tensor | None = None) -> tuple[dict, dict]:
     """Summary (``PoseError`` fields plus ``frame_vs_map_deg``) and per-particle errors ``(N,)`` of the
-    estimated poses, first moved into the reference frame by the map ``alignment``."""
+    estimated poses, first moved into the reference frame by the map ``alignment``; modulo the point group
+    ``symmetry`` ``(G, 3, 3)`` of the reference when given."""
     for table in (est, truth):
         if table.rotations is None:
             raise InputError(table.source, "no poses (rlnAngleRot/Tilt/Psi) in this file")
     i_est, i_true = _match(est, truth)
     shifts = None if est.shifts_A is None else est.shifts_A[i_est]
     rot_est, shift_est = alignment.transform_poses(est.rotations[i_est], shifts)
-    rot_true = truth.rotations[i_true]
     shift_true = None if truth.shifts_A is None or shift_est is None else truth.shifts_A[i_true]
-    summary = pose_error(rot_est, rot_true, shift_est, shift_true)
-    # per-particle errors with the alignment pose_error chose (hand, then least-squares rotation)
-    cand = torch.as_tensor(rot_est)
-    cand = MIRROR @ cand @ MIRROR if summary.mirrored else cand
-    true = torch.as_tensor(rot_true)
-    q = fit_global_rotation(cand, true)
-    aligned = cand @ q
-    rotation = torch.rad2deg(roma.rotmat_geodesic_distance(aligned, true)).numpy()
-    viewing = np.degrees(np.arccos(np.clip((aligned[:, 2] * true[:, 2]).sum(-1).numpy(), -1, 1)))
-    arrays = {"rotation_deg": rotation, "viewing_deg": viewing}
+    fit = align_poses(rot_est, truth.rotations[i_true], symmetry=symmetry)
+    arrays = {"rotation_deg": fit.error_deg.numpy(), "viewing_deg": fit.viewing_error_deg().numpy()}
     if shift_true is not None:
         arrays["shift_A"] = np.linalg.norm(shift_est - shift_true, axis=1)
+    q = fit.rotation
     frame = float(torch.rad2deg(roma.rotmat_geodesic_distance(q, torch.eye(3, dtype=q.dtype))))
-    return {**summary.to_dict(), "frame_vs_map_deg": frame}, arrays
+    return {**summarise(fit, shift_est, shift_true).to_dict(), "frame_vs_map_deg": frame}, arrays

@@ -7,6 +7,11 @@ particles within 10° (not the lower median: with a pseudo-symmetric particle ma
 theirs, and the right hand's median is then above a wrong hand's random-looking one), and report geodesic errors
 (degrees) of rotations and of viewing directions (the third row of ``R``), and the share of particles within 10°
 (a map can be good while most poses are wrong; the median alone hides a correct minority).
+
+With a point group ``G`` (the truth's symmetry, in its frame) a pose is only defined up to ``R·g``: each particle
+is compared with the mate ``R_true,i · g_i`` closest to its aligned estimate. ``Q`` is then first found by a vote
+(the ``R_est,iᵀ R_true,i`` of a few particles, scored by how many particles they bring within 10° of a mate) and
+refined by least squares on the chosen mates.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import roma
 import torch
+from torch import Tensor
 
 from ..geometry.rotations import MIRROR
+from ..geometry.symmetry import symmetry_mates
 
 
 @dataclass
@@ -54,26 +61,90 @@ def fit_global_rotation(estimated: torch.Tensor, truth: torch.Tensor, trim: floa
     return q
 
 
-def pose_error(estimated: np.ndarray, truth: np.ndarray, shifts_est_A: np.ndarray | None = None,
-               shifts_true_A: np.ndarray | None = None, allow_mirror: bool = True) -> PoseError:
-    """Align ``(N, 3, 3)`` estimated rotations to the true ones and report their errors (see module doc)."""
+@dataclass
+class PoseAlignment:
+    """Estimated poses aligned to the true ones: the hand and ``Q`` chosen, the aligned ``R_est·Q`` ``(N, 3, 3)``
+    (after the mirror when ``mirrored``), the true poses (or their closest symmetry mates) ``(N, 3, 3)`` and the
+    rotation errors ``(N,)`` in degrees."""
+
+    mirrored: bool
+    rotation: Tensor
+    aligned: Tensor
+    truth: Tensor
+    error_deg: Tensor
+
+    def viewing_error_deg(self) -> Tensor:
+        """Angles ``(N,)`` (degrees) between the aligned and true viewing directions (third rows)."""
+        a, b = self.aligned[:, 2, :], self.truth[:, 2, :]
+        return torch.rad2deg(torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(-1)))
+
+
+def _closest_mates(aligned: Tensor, mates: Tensor) -> Tensor:
+    """For each aligned pose ``(N, 3, 3)``, its closest mate among ``mates`` ``(N, G, 3, 3)``: ``(N, 3, 3)``."""
+    cosine = (aligned[:, None] * mates).sum((-1, -2))  # trace(Aᵀ M) = 1 + 2 cos(angle)
+    return mates[torch.arange(len(mates)), cosine.argmax(1)]
+
+
+def _vote(estimated: Tensor, mates: Tensor, candidates: int = 64, voters: int = 2000,
+          within_deg: float = 10.0) -> Tensor:
+    """``Q`` ``(3, 3)`` among ``R_est,iᵀ R_true,i`` of ``candidates`` particles that brings the most of ``voters``
+    particles within ``within_deg`` of a mate; ``estimated`` ``(N, 3, 3)``, ``mates`` ``(N, G, 3, 3)``."""
+    n = len(estimated)
+    pick = torch.linspace(0, n - 1, min(n, candidates)).long()
+    q = estimated[pick].transpose(-1, -2) @ mates[pick, 0]  # (C, 3, 3)
+    sample = torch.linspace(0, n - 1, min(n, voters)).long()
+    products = estimated[sample, None].transpose(-1, -2) @ mates[sample]  # R_estᵀ R_true g: (V, G, 3, 3)
+    cosine = torch.einsum("cab,vgab->cvg", q, products).amax(-1)  # trace(Qᵀ R_estᵀ R_true g)
+    votes = (cosine > 1 + 2 * np.cos(np.radians(within_deg))).sum(-1)
+    return q[votes.argmax()]
+
+
+def _align_hand(estimated: Tensor, mates: Tensor, rounds: int = 2) -> tuple[Tensor, Tensor]:
+    """``Q`` and the matched true poses ``(N, 3, 3)`` for one hand; ``mates`` ``(N, G, 3, 3)``."""
+    if mates.shape[1] == 1:
+        return fit_global_rotation(estimated, mates[:, 0]), mates[:, 0]
+    q = _vote(estimated, mates)
+    for _ in range(rounds):
+        matched = _closest_mates(estimated @ q, mates)
+        q = fit_global_rotation(estimated, matched)
+    return q, _closest_mates(estimated @ q, mates)
+
+
+def align_poses(estimated: np.ndarray | Tensor, truth: np.ndarray | Tensor, allow_mirror: bool = True,
+                symmetry: Tensor | None = None) -> PoseAlignment:
+    """Align ``(N, 3, 3)`` estimated rotations to the true ones (see module doc); ``symmetry``: the truth's point
+    group ``(G, 3, 3)`` (e.g. :func:`cryopose.geometry.symmetry.point_group`), errors are then modulo it."""
     est = torch.as_tensor(estimated, dtype=torch.float64)
     true = torch.as_tensor(truth, dtype=torch.float64)
-    candidates = [(False, est)] + ([(True, MIRROR @ est @ MIRROR)] if allow_mirror else [])
+    group = torch.eye(3, dtype=torch.float64)[None] if symmetry is None else symmetry.to(torch.float64)
+    mates = symmetry_mates(true, group)
     best = None
-    for mirrored, cand in candidates:
-        aligned = cand @ fit_global_rotation(cand, true)
-        err = torch.rad2deg(roma.rotmat_geodesic_distance(aligned, true))
+    for mirrored, cand in [(False, est)] + ([(True, MIRROR @ est @ MIRROR)] if allow_mirror else []):
+        q, matched = _align_hand(cand, mates)
+        aligned = cand @ q
+        err = torch.rad2deg(roma.rotmat_geodesic_distance(aligned, matched))
         score = ((err < 10).double().mean(), -err.median())  # the hand that aligns most, then the median
-        if best is None or score > best[3]:
-            best = (mirrored, aligned, err, score)
-    mirrored, aligned, err, _ = best
-    a, b = aligned[:, 2, :], true[:, 2, :]
-    view = torch.rad2deg(torch.atan2(torch.linalg.cross(a, b).norm(dim=-1), (a * b).sum(-1)))
+        if best is None or score > best[0]:
+            best = (score, PoseAlignment(mirrored, q, aligned, matched, err))
+    return best[1]
+
+
+def summarise(fit: PoseAlignment, shifts_est_A: np.ndarray | None = None,
+              shifts_true_A: np.ndarray | None = None) -> PoseError:
+    """The :class:`PoseError` of an alignment, with the errors of origins ``(N, 2)`` (Å) when both are given."""
+    err, view = fit.error_deg, fit.viewing_error_deg()
     out = PoseError(rotation_mean_deg=float(err.mean()), rotation_median_deg=float(err.median()),
                     viewing_mean_deg=float(view.mean()), viewing_median_deg=float(view.median()),
-                    mirrored=mirrored, rotation_within_10deg=float((err < 10).double().mean()), n=len(err))
+                    mirrored=fit.mirrored, rotation_within_10deg=float((err < 10).double().mean()), n=len(err))
     if shifts_est_A is not None and shifts_true_A is not None:
         d = np.linalg.norm(np.asarray(shifts_est_A) - np.asarray(shifts_true_A), axis=1)
         out.shift_mean_A, out.shift_median_A = float(d.mean()), float(np.median(d))
     return out
+
+
+def pose_error(estimated: np.ndarray, truth: np.ndarray, shifts_est_A: np.ndarray | None = None,
+               shifts_true_A: np.ndarray | None = None, allow_mirror: bool = True,
+               symmetry: Tensor | None = None) -> PoseError:
+    """Align ``(N, 3, 3)`` estimated rotations to the true ones and report their errors (see module doc), modulo
+    the point group ``symmetry`` ``(G, 3, 3)`` when given."""
+    return summarise(align_poses(estimated, truth, allow_mirror, symmetry), shifts_est_A, shifts_true_A)

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..evaluate.compare import finite, fsc_curve, pose_errors, read_maps, reference_on_grid
 from ..evaluate.report import write_report
+from ..geometry.symmetry import point_group
 from ..io import read_particles
 from ..io.atomic import atomic_path
 from ..io.mrc import write_map
@@ -45,7 +46,7 @@ def _locate(target: Path, poses_est, halves) -> tuple[Path, Path | None, tuple[P
 def evaluate_run(map_path_or_run_dir: str | os.PathLike, ref_path: str | os.PathLike,
                  poses_truth: str | os.PathLike | None = None, poses_est: str | os.PathLike | None = None,
                  out_dir: str | os.PathLike | None = None, apix: float | None = None,
-                 halves: tuple[str | os.PathLike, str | os.PathLike] | None = None) -> dict:
+                 halves: tuple[str | os.PathLike, str | os.PathLike] | None = None, symmetry: str = "C1") -> dict:
     """Evaluate a reconstruction against a ground-truth map (and poses); returns the ``evaluation.json`` dict.
 
     Args:
@@ -57,7 +58,10 @@ def evaluate_run(map_path_or_run_dir: str | os.PathLike, ref_path: str | os.Path
         out_dir: where the files go (default: the run directory, or the map's folder); figures in ``plots/``.
         apix: voxel size (Å) of the reconstruction and half maps, overriding their headers.
         halves: two half maps (default: the run directory's).
+        symmetry: point group of the reference (:func:`~cryopose.geometry.symmetry.point_group`); pose errors
+            are modulo it.
     """
+    group = point_group(symmetry)
     target = Path(map_path_or_run_dir)
     map_path, poses_est, halves = _locate(target, poses_est, halves)
     if poses_truth is not None and poses_est is None:
@@ -89,8 +93,9 @@ def evaluate_run(map_path_or_run_dir: str | os.PathLike, ref_path: str | os.Path
                                 "resolution_0.143_A": finite(curves[1].resolutions_A[0.143])}
     errors = None
     if poses_truth is not None:
-        result["poses"], errors = pose_errors(read_particles(poses_est), read_particles(poses_truth), alignment)
-        result["poses"].update(estimated=str(poses_est), truth=str(poses_truth))
+        result["poses"], errors = pose_errors(read_particles(poses_est), read_particles(poses_truth), alignment,
+                                              group)
+        result["poses"].update(estimated=str(poses_est), truth=str(poses_truth), symmetry=symmetry)
     result["files"] = {"map_aligned": MAP_ALIGNED, "evaluation_json": EVALUATION,
                        **write_report(out, result, curves, {"aligned map": aligned, "reference": ref}, errors)}
     with atomic_path(out / EVALUATION) as tmp:
@@ -99,6 +104,7 @@ def evaluate_run(map_path_or_run_dir: str | os.PathLike, ref_path: str | os.Path
 
 
 def run(args: argparse.Namespace) -> None:
-    result = evaluate_run(args.run, args.ref, poses_truth=args.poses, apix=args.apix, out_dir=args.output)
+    result = evaluate_run(args.run, args.ref, poses_truth=args.poses, apix=args.apix, out_dir=args.output,
+                          symmetry=args.symmetry)
     print(json.dumps({k: result[k] for k in ("fsc_vs_reference", "fsc_halves", "poses") if result.get(k)},
                      indent=2))

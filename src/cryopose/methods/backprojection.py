@@ -15,18 +15,20 @@ from ..progress import progress
 def backproject_dataset(dataset: ParticleDataset, rotations: np.ndarray | Tensor,
                         shifts_A: np.ndarray | Tensor | None = None, *, weights: np.ndarray | Tensor | None = None,
                         halves: bool = False, half: int | None = None, snr: float | None = None, batch: int = 256,
-                        device: torch.device | str = "cpu") -> list[Tensor]:
+                        symmetry: Tensor | None = None, device: torch.device | str = "cpu") -> list[Tensor]:
     """Maps ``(D, D, D)`` with every particle inserted at each of its K poses: rotations ``(N, [K,] 3, 3)``,
     origins ``shifts_A`` ``(N, [K,] 2)`` Å, each counted ``weights`` ``(N, [K])`` times (default once).
 
     Returns ``[map]`` of all particles, or of one ``half`` (0: the even ones, 1: the odd ones); with ``halves``
-    ``[map, even map, odd map]``. ``snr``: the Wiener term of :class:`BackprojectionAccumulator`.
+    ``[map, even map, odd map]``. ``snr`` and ``symmetry`` (a point group ``(G, 3, 3)`` to impose): see
+    :class:`BackprojectionAccumulator`.
     """
     n = len(dataset)
     rot = torch.as_tensor(rotations, dtype=torch.float32).reshape(n, -1, 3, 3)
     shifts = None if shifts_A is None else torch.as_tensor(shifts_A, dtype=torch.float32).reshape(n, -1, 2)
     counts = None if weights is None else torch.as_tensor(weights, dtype=torch.float32).reshape(n, -1)
-    parts = [BackprojectionAccumulator(dataset.box, snr=snr, device=device) for _ in range(2 if halves else 1)]
+    parts = [BackprojectionAccumulator(dataset.box, snr=snr, symmetry=symmetry, device=device)
+             for _ in range(2 if halves else 1)]
     sampler = None if half is None else range(half, n, 2)
     for b in progress(make_loader(dataset, batch, sampler=sampler), desc="backprojecting", unit="batch"):
         for part, acc in enumerate(parts):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .ctf import CTFParams, compute_ctf
@@ -18,7 +19,8 @@ class BackprojectionAccumulator:
     disc pixel counts once. :meth:`finalize` returns the map of
     ``V = Σ CTF·F / (Σ CTF² + 1/snr)`` (inverse FFT, crop to ``D``, divided by the trilinear kernel's transform)
     and, like ``relion_reconstruct``, sets the box corners beyond radius ``D/2`` to their mean (3-voxel cosine
-    edge) so that their noise does not dilute the FSC.
+    edge) so that their noise does not dilute the FSC. With a point group, ``Σ CTF·F`` and ``Σ CTF²`` are first
+    summed over its rotations of the Fourier grid, as ``relion_reconstruct --sym`` does.
 
     Args:
         box: image box ``D`` (even).
@@ -27,6 +29,7 @@ class BackprojectionAccumulator:
             ``Σ CTF²`` counted per image pixel. ``None``: no regularisation, but weights are raised to at
             least 1/1000 of their shell average (as ``relion_reconstruct`` without ``--fsc``).
         radius: highest frequency used, in image pixels (default ``D/2``).
+        symmetry: rotations ``(G, 3, 3)`` of a point group to impose (:mod:`cryopose.geometry.symmetry`).
 
     Half maps: one accumulator per half set; ``full += half`` merges accumulators (or all-reduce ``data`` and
     ``weight`` across processes).
@@ -39,10 +42,11 @@ class BackprojectionAccumulator:
         pad: int = 2,
         snr: float | Tensor | None = None,
         radius: float | None = None,
+        symmetry: Tensor | None = None,
         device=None,
         dtype: torch.dtype = torch.float32,
     ):
-        self.box, self.pad, self.snr, self.radius = box, pad, snr, radius
+        self.box, self.pad, self.snr, self.radius, self.symmetry = box, pad, snr, radius, symmetry
         self.grid = pad * box
         self.size = self.grid + 3  # zero border as in extract_slices: centre grid/2 + 1, mirror i -> grid + 2 - i
         n = self.size**3
@@ -98,6 +102,11 @@ class BackprojectionAccumulator:
         data, weight = self.data.view(shape), self.weight.view(shape)
         data = data + data.flip(0, 1, 2).conj()  # Friedel mates
         weight = weight + weight.flip(0, 1, 2)
+        if self.symmetry is not None and len(self.symmetry) > 1:
+            # splats reach √3 voxels beyond the inserted radius, and trilinear samples √3 further
+            radius = self.pad * (d / 2 if self.radius is None else self.radius) + 4
+            summed = _symmetrise(torch.stack([data.real, data.imag, weight]), self.symmetry, g // 2 + 1, radius)
+            data, weight = torch.complex(summed[0], summed[1]), summed[2]
         for dim in range(3):  # fold +grid/2 onto -grid/2 (periodic), keep indices 1 .. grid
             data, weight = (_fold_nyquist(x, dim, g) for x in (data, weight))
         snr = None if self.snr is None else torch.as_tensor(self.snr, dtype=weight.dtype, device=weight.device)
@@ -115,6 +124,27 @@ class BackprojectionAccumulator:
         start = g // 2 - d // 2
         volume = volume[start : start + d, start : start + d, start : start + d]
         return _mask_corners(volume / trilinear_apodization(d, g, volume.device, volume.dtype))
+
+
+def _symmetrise(grids: Tensor, group: Tensor, centre: int, radius: float, budget: int = 2**23) -> Tensor:
+    """Real grids ``(C, S, S, S)`` summed over the rotations ``group`` ``(K, 3, 3)`` (K ≥ 2, the identity first)
+    about the centre index ``c``: ``Σ_g X(c + g·(p − c))`` (trilinear, zero outside the grid), as RELION's
+    ``applyPointGroupSymmetry``. Only voxels within ``radius`` of ``c`` get the other terms: the sum is
+    exact where the samples beyond are zero. Slabs of z planes of at most ``budget`` samples at a time."""
+    channels, size, others = len(grids), grids.shape[-1], len(group) - 1
+    j = torch.arange(size, dtype=grids.dtype, device=grids.device) - centre
+    turns = group[1:].to(grids).transpose(-1, -2).permute(1, 0, 2).reshape(3, -1)  # p @ turns: (g·p for each g)
+    out = grids.clone()
+    step = max(1, budget // (size**2 * others))
+    for start in range(0, size, step):
+        z, y, x = torch.meshgrid(j[start : start + step], j, j, indexing="ij")
+        points = torch.stack([x, y, z], -1).reshape(-1, 3)
+        inside = (points.square().sum(-1) <= radius**2).nonzero().squeeze(1)
+        # grid_sample's coordinates with align_corners: index 0 -> -1, S - 1 -> +1
+        source = ((points[inside] @ turns).view(1, 1, -1, others, 3) + centre) * (2.0 / (size - 1)) - 1.0
+        samples = F.grid_sample(grids[None], source, align_corners=True)  # (1, C, 1, P, K − 1)
+        out.view(channels, -1).index_add_(1, inside + start * size**2, samples.view(channels, -1, others).sum(-1))
+    return out
 
 
 def _mask_corners(volume: Tensor, width: float = 3.0) -> Tensor:
