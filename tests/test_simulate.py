@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter
 
 import mrcfile
 import numpy as np
@@ -39,6 +40,25 @@ def test_demo_molecule_is_deterministic_protein_sized_and_centred():
     np.testing.assert_allclose(centre, [24, 24, 24], atol=0.5)
     # chiral: the map is not its own mirror image about the centre (a necessary condition)
     assert np.corrcoef(density.ravel(), density[::-1].ravel())[0, 1] < 0.5
+
+
+@pytest.mark.parametrize("name", ["adk_open_4AKE_chainA_charmm.pdb", "adk_closed_1AKE_charmm.pdb"])
+def test_charmm_models_read_as_the_chain_they_are(shared_data, name):
+    """CHARMM's PDB files have no element columns, left-justified atom names (``CA`` read as calcium) and HSD/HSE
+    histidines: read, they hold the heavy atoms of 4AKE chain A (the open and the closed adenylate kinase have the
+    same sequence), with its radius of gyration for the open one."""
+    def elements(st):
+        return Counter(atom.element.name for chain in st[0] for residue in chain for atom in residue)
+
+    def gyration(st):
+        xyz = np.array([atom.pos.tolist() for chain in st[0] for residue in chain for atom in residue])
+        return float(np.sqrt(((xyz - xyz.mean(0)) ** 2).sum(1).mean()))
+
+    charmm, pdb = read_structure(shared_data / "models" / name), read_structure(shared_data / "models/4AKE.pdb",
+                                                                                 chains=["A"])
+    assert elements(charmm) == elements(pdb) == {"C": 1040, "O": 320, "N": 289, "S": 7}
+    if "open" in name:
+        assert gyration(charmm) == pytest.approx(gyration(pdb), rel=0.005)
 
 
 def test_atomic_model_map_centre_and_chains(shared_data):
