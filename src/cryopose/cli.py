@@ -200,6 +200,18 @@ def _add_fsc(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(job="fsc")
 
 
+def _add_symmetry(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("symmetry", formatter_class=Formatter, help="find a map's point group",
+                       description="Print the correlation of a map with its copies turned by each candidate "
+                                   "group (C2…Cn, D2…Dn with n = --max-order, T, O, I), the group found (C1 when "
+                                   "none) and the rotation into RELION's frame for it (as relion_align_symmetry).")
+    p.add_argument("map", help="map (.mrc)")
+    p.add_argument("--apix", type=float, default=None, help="voxel size (Å), overriding the header")
+    p.add_argument("--max-order", type=int, default=12, help="largest n of the candidates Cn and Dn")
+    p.add_argument("-o", "--output", default=None, help="also write the map turned into RELION's frame (.mrc)")
+    p.set_defaults(job="symmetry")
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", formatter_class=Formatter, help="simulate, reconstruct and evaluate a built-in "
                                                                 "molecule",
@@ -216,7 +228,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_demo, _add_info, _add_simulate, _add_backproject, _add_reconstruct, _add_evaluate, _add_fsc]
+    _add_demo, _add_info, _add_simulate, _add_backproject, _add_reconstruct, _add_evaluate, _add_fsc, _add_symmetry]
 
 
 def build_parser() -> argparse.ArgumentParser:

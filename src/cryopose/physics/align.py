@@ -38,7 +38,7 @@ from .fsc import soft_sphere_mask
 
 
 # ----------------------------------------------------------------------------------------------- transforms
-def _grid_points(box: int, like: Tensor, planes: slice = slice(None)) -> Tensor:
+def grid_points(box: int, like: Tensor, planes: slice = slice(None)) -> Tensor:
     """Coordinates ``(P, 3)`` ``(x, y, z)`` in voxels from the centre of the voxels of z-``planes``, in
     ``(z, y, x)`` order."""
     j = torch.arange(box, dtype=like.dtype, device=like.device) - box // 2
@@ -46,7 +46,7 @@ def _grid_points(box: int, like: Tensor, planes: slice = slice(None)) -> Tensor:
     return torch.stack([x, y, z], -1).reshape(-1, 3)
 
 
-def _sample(volume: Tensor, points: Tensor) -> Tensor:
+def sample_volume(volume: Tensor, points: Tensor) -> Tensor:
     """Trilinear samples ``(...,)`` of a ``(D, D, D)`` map at ``points`` ``(..., 3)`` (voxels ``(x, y, z)`` from
     the centre ``D//2``; zero outside the box). Differentiable w.r.t. the map and the points."""
     box = volume.shape[-1]
@@ -69,8 +69,8 @@ def transform_volume(volume: Tensor, matrix: Tensor, shift: Tensor | None = None
     box = volume.shape[-1]
     mats = matrix.to(volume)
     t = torch.zeros(3, dtype=volume.dtype, device=volume.device) if shift is None else shift.to(volume)
-    src = (_grid_points(box, volume) - t[..., None, :]) @ mats  # row vectors: (x − t)ᵀ L = (Lᵀ(x − t))ᵀ
-    return _sample(volume, src).reshape(*mats.shape[:-2], box, box, box)
+    src = (grid_points(box, volume) - t[..., None, :]) @ mats  # row vectors: (x − t)ᵀ L = (Lᵀ(x − t))ᵀ
+    return sample_volume(volume, src).reshape(*mats.shape[:-2], box, box, box)
 
 
 def _tensor(x: Tensor | np.ndarray) -> Tensor:
@@ -127,7 +127,8 @@ class MapAlignment:
         out = torch.empty_like(big)
         for start in range(0, size, slab):
             planes = slice(start, start + slab)
-            out[planes] = _sample(big, (_grid_points(size, big, planes) - shift) @ matrix).reshape(out[planes].shape)
+            points = (grid_points(size, big, planes) - shift) @ matrix
+            out[planes] = sample_volume(big, points).reshape(out[planes].shape)
         return fourier_resize(out, volume.shape[-1], 3)
 
     def transform_poses(self, rotations, shifts_A=None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -182,7 +183,7 @@ def _search_hand(moving: Tensor, ref: Tensor, rotations: Tensor, mirrored: bool,
 def _support(moving: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
     """Output voxels ``x`` ``(P, 3)`` of the support of the masked ``ref`` (non-zero), and ``ref`` there ``(P,)``."""
     inside = (ref != 0).flatten()
-    return _grid_points(ref.shape[-1], moving)[inside], ref.flatten()[inside]
+    return grid_points(ref.shape[-1], moving)[inside], ref.flatten()[inside]
 
 
 def _correlation(moving: Tensor, support: tuple[Tensor, Tensor], rotation: Tensor, shift: Tensor,
@@ -191,7 +192,7 @@ def _correlation(moving: Tensor, support: tuple[Tensor, Tensor], rotation: Tenso
     :func:`_support`; differentiable in ``rotation`` and ``shift``."""
     points, target = support
     matrix = (rotation @ _mirror(mirrored, rotation)).to(moving.dtype)
-    out = _sample(moving, (points - shift.to(moving.dtype)) @ matrix)  # V(Lᵀ(x − t)), row vectors
+    out = sample_volume(moving, (points - shift.to(moving.dtype)) @ matrix)  # V(Lᵀ(x − t)), row vectors
     return (target * out).sum() / out.norm().clamp(min=1e-12)
 
 
@@ -225,7 +226,9 @@ def _refine(moving: Tensor, ref: Tensor, rotation: Tensor, shift: Tensor, mirror
         return rot, t, float(-loss())
 
 
-def _prepared(volume: Tensor, box: int, mask: bool) -> Tensor:
+def prepared_map(volume: Tensor, box: int, mask: bool) -> Tensor:
+    """``volume`` ``(D, D, D)`` background-subtracted and Fourier-cropped to ``(box, box, box)``; with ``mask``,
+    also multiplied by a soft sphere and scaled to unit norm."""
     v = fourier_resize(_background_subtracted(volume), box, 3)
     if mask:
         v = _unit(v * soft_sphere_mask(box, device=v.device).to(v.dtype))
@@ -278,12 +281,13 @@ def align_maps(moving, reference, *, voxel_size_A: float = 1.0, level: int = 1, 
     if ref.shape != mov.shape or mov.ndim != 3 or box % 2:
         raise ValueError(f"maps must be cubic with the same even box: {tuple(mov.shape)} vs {tuple(ref.shape)}")
     small = min(box, search_box // 2 * 2)
-    mov_s, ref_s = _prepared(mov, small, mask=False), _prepared(ref, small, mask=True)
+    mov_s, ref_s = prepared_map(mov, small, mask=False), prepared_map(ref, small, mask=True)
     hands = [(*_search(mov_s, ref_s, m, level, subdivisions, beam, int(max_shift * small), exclude_deg), m)
              for m in ((False, True) if allow_mirror else (False,))]
     grid_score, rot, t, mirrored = max(hands, key=lambda h: h[0])
     fine = min(box, refine_box // 2 * 2)
-    mov_f, ref_f, grid = _prepared(mov, fine, mask=False), _prepared(ref, fine, mask=True), (rot, t * fine / small)
+    mov_f, ref_f = prepared_map(mov, fine, mask=False), prepared_map(ref, fine, mask=True)
+    grid = (rot, t * fine / small)
     rot, t, score = _refine(mov_f, ref_f, *grid, mirrored, iterations=40)
     if exclude_deg > 0 and _angle_deg(rot) < exclude_deg:  # refined back into the excluded cap: keep the grid's
         rot, t = grid
