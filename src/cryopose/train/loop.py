@@ -154,7 +154,7 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
         """Merge the ranks' per-particle rows (``owner``: the rank that updated each since the last merge; None:
         none did) and running sums (collective: every rank calls it)."""
         if owner is not None:
-            ctx.merge_rows_(method.particle_state(), owner if ctx.world > 1 else None)
+            ctx.merge_rows_(method.particle_state(), owner)
         sums = method.counters() + [torch.tensor([loop["loss_sum"]], dtype=torch.float64, device=device)]
         ctx.collect_(sums)
         loop["loss_sum"] = float(sums[-1])
@@ -164,6 +164,10 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
         if ctx.first:
             save_checkpoint(run / CHECKPOINT, {"method": method.state_dict(), "loop": dict(loop),
                                                "rng": torch.get_rng_state()})
+
+    def owners() -> Tensor | None:
+        """This epoch's owner of each particle, for the merge; None in a single process (nothing to merge)."""
+        return sampler.owner() if ctx.world > 1 else None
 
     last_save = time.time()
     steps, size = method.pretrain_plan()
@@ -211,10 +215,10 @@ def train(method: Method, dataset: ParticleDataset, run: Path, cfg: LoopConfig, 
                 log.write(kind="step", epoch=epoch, step=loop["step"], stage=method.stage(epoch),
                           images_per_s=rate, **metrics)
             if ctx.agree(time.time() - last_save > 60 * cfg.checkpoint_minutes):
-                checkpoint(sampler.owner())
+                checkpoint(owners())
                 last_save = time.time()
         bar.close()
-        synchronise(sampler.owner())
+        synchronise(owners())
         record = {"kind": "epoch", "epoch": epoch, "stage": method.stage(epoch), "step": loop["step"],
                   "loss": loop["loss_sum"] / max(loop["batch"] * ctx.world, 1),
                   "train_seconds": round(loop["seconds"], 2),
