@@ -1,17 +1,17 @@
 """Pose error after global alignment (DESIGN §3).
 
 Poses are defined up to one global rotation ``Q`` of the map (and, ab initio, its mirror image): if the map
-is ``Q·V`` the poses are ``R·Qᵀ``. We fit ``Q`` on the right by least squares (Procrustes on SO(3)) for the
+is ``Q·V`` the poses are ``R·Qᵀ``. We fit ``Q`` on the right (below) for the
 estimated poses and for their mirror ``M R M`` (``M = diag(1, 1, −1)``), keep the hand that brings more
 particles within 10° (not the lower median: with a pseudo-symmetric particle many poses may sit at the mate of
 theirs, and the right hand's median is then above a wrong hand's random-looking one), and report geodesic errors
 (degrees) of rotations and of viewing directions (the third row of ``R``), and the share of particles within 10°
 (a map can be good while most poses are wrong; the median alone hides a correct minority).
 
-With a point group ``G`` (the truth's symmetry, in its frame) a pose is only defined up to ``R·g``: each particle
-is compared with the mate ``R_true,i · g_i`` closest to its aligned estimate. ``Q`` is then first found by a vote
-(the ``R_est,iᵀ R_true,i`` of a few particles, scored by how many particles they bring within 10° of a mate) and
-refined by least squares on the chosen mates.
+``Q`` is first found by a vote (the ``R_est,iᵀ R_true,i`` of a few particles, scored by how many particles they
+bring within 10° of the truth) and refined by least squares on the particles within 20° of it. With a point group
+``G`` (the truth's symmetry, in its frame) a pose is only defined up to ``R·g``: each particle is compared with the
+mate ``R_true,i · g_i`` closest to its aligned estimate.
 """
 
 from __future__ import annotations
@@ -99,14 +99,18 @@ def _vote(estimated: Tensor, mates: Tensor, candidates: int = 64, voters: int = 
     return q[votes.argmax()]
 
 
-def _align_hand(estimated: Tensor, mates: Tensor, rounds: int = 2) -> tuple[Tensor, Tensor]:
-    """``Q`` and the matched true poses ``(N, 3, 3)`` for one hand; ``mates`` ``(N, G, 3, 3)``."""
-    if mates.shape[1] == 1:
-        return fit_global_rotation(estimated, mates[:, 0]), mates[:, 0]
+def _align_hand(estimated: Tensor, mates: Tensor, rounds: int = 2, inlier_deg: float = 20.0) -> tuple[Tensor, Tensor]:
+    """``Q`` and the matched true poses ``(N, 3, 3)`` for one hand; ``mates`` ``(N, G, 3, 3)``. The vote's ``Q`` is
+    refined by least squares on the particles it brings within ``inlier_deg`` (all when fewer than 3): fitted on
+    all of them, a majority of wrong poses (a third right is the most a three-fold blend may give) drags ``Q`` off
+    the right ones."""
     q = _vote(estimated, mates)
     for _ in range(rounds):
         matched = _closest_mates(estimated @ q, mates)
-        q = fit_global_rotation(estimated, matched)
+        inliers = roma.rotmat_geodesic_distance(estimated @ q, matched) < np.radians(inlier_deg)
+        if int(inliers.sum()) < 3:
+            break
+        q = fit_global_rotation(estimated[inliers], matched[inliers])
     return q, _closest_mates(estimated @ q, mates)
 
 
