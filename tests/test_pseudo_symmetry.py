@@ -10,7 +10,7 @@ import torch
 from cryopose.evaluate.poses import pose_error
 from cryopose.io import read_particles
 from cryopose.io.dataset import ParticleDataset
-from cryopose.io.mrc import read_map
+from cryopose.io.mrc import read_map, write_map
 from cryopose.methods.backprojection import backproject_dataset
 from cryopose.methods.losses import noise_sigma
 from cryopose.methods.pseudo_symmetry import relax_pseudo_symmetry
@@ -94,3 +94,47 @@ def test_relaxation_breaks_a_blend_of_noisy_poses_in_turns(shared_data, tmp_path
     rot, _, record = relax_pseudo_symmetry(dataset, volume, noisy, None, sigma)
     assert record["relaxed"] and record["last_changed"] < 0.005 and record["rounds"] < 30
     assert pose_error(rot, table.rotations).rotation_within_10deg > 0.85
+
+
+def _three_fold(volume: torch.Tensor) -> torch.Tensor:
+    """``volume`` plus its copies turned by 120° and 240° about z (an exact C3 map)."""
+    turn = MapAlignment(rotation=roma.rotvec_to_rotmat(torch.tensor([0, 0, 2 * np.pi / 3])).double().numpy(),
+                        shift_px=np.zeros(3), mirrored=False, correlation=1.0)
+    once = turn.apply(volume)
+    return volume + once + turn.apply(once)
+
+
+def test_an_exact_symmetry_is_reported_and_not_relaxed(demo):
+    table = read_particles(demo / "particles.star")
+    dataset = ParticleDataset(table)
+    sigma = noise_sigma(dataset.__getitems__(np.arange(len(table)))["images"])
+    rot, _, record = relax_pseudo_symmetry(dataset, _three_fold(_map(demo)), table.rotations, None, sigma)
+    assert record["exact"] and not record["relaxed"] and record["symmetry_correlation"] >= 0.97
+    assert abs(record["symmetry_angle_deg"] - 120) < 2 and rot is table.rotations
+
+
+@pytest.mark.slow
+def test_relaxation_of_a_three_fold_blend_finds_each_particles_power_of_the_operator(demo, tmp_path):
+    """A pseudo-C3 map (an exact C3 map plus half of one of its three parts: self-superposition 0.96 at 120°) with
+    each particle at its pose turned by a random power of the operator: a third at the truth. A two-class EM over
+    {pose, mate} cannot bring back the particles two turns away; the three-class EM brings back almost all
+    (measured on 2,000 images: 88.9 % within 10°, median 3.4°, 30 rounds; the two-class EM: 49.7 %, not settled
+    after 40 rounds)."""
+    write_map(tmp_path / "pseudo_c3.mrc", (_three_fold(_map(demo)) + 0.5 * _map(demo)).numpy(), 3.0)
+    simulate(SimulationConfig(source=str(tmp_path / "pseudo_c3.mrc"), box=32, apix=3.0, n=1200, snr=1.0, seed=1),
+             tmp_path / "sim")
+    table = read_particles(tmp_path / "sim/particles.star")
+    dataset = ParticleDataset(table)
+    truth = _map(tmp_path / "sim")
+    sym = near_symmetry(truth, voxel_size_A=3.0)
+    turned = [table.rotations]
+    for _ in range(2):
+        turned.append(sym.transform_poses(turned[-1])[0])
+    power = np.random.default_rng(0).integers(0, 3, len(table))
+    blend = np.stack(turned, 1)[np.arange(len(table)), power]
+    assert pose_error(blend, table.rotations).rotation_within_10deg < 0.4
+    sigma = noise_sigma(dataset.__getitems__(np.arange(512))["images"])
+    rot, _, record = relax_pseudo_symmetry(dataset, truth, blend, None, sigma)
+    assert record["relaxed"] and record["order"] == 3 and 0.9 < record["symmetry_correlation"] < 0.97
+    after = pose_error(rot, table.rotations)
+    assert after.rotation_within_10deg > 0.85 and after.rotation_median_deg < 4.0

@@ -17,15 +17,21 @@ import torch
 import cryopose.jobs.backproject as backproject_job
 from cryopose.cli import main
 from cryopose.errors import InputError
+from cryopose.evaluate.measure import evaluator
 from cryopose.evaluate.poses import pose_error
+from cryopose.evaluate.symmetry import find_symmetry
 from cryopose.geometry.rotations import matrix_to_relion_euler, relion_euler_to_matrix, rotvec_to_matrix
 from cryopose.geometry.symmetry import point_group
+from cryopose.io.dataset import open_dataset
 from cryopose.io.mrc import read_map, write_map
 from cryopose.io.particles import ParticleTable
 from cryopose.io.run_files import MAP, POSES
 from cryopose.io.star import write_star
+from cryopose.jobs.reconstruct import _final_poses
+from cryopose.physics.align import MapAlignment, align_maps
 from cryopose.physics.fsc import fsc
 from cryopose.simulation.simulate import SimulationConfig, simulate
+from cryopose.train.run_dir import MetricsLog
 
 F64 = torch.float64
 ORDERS = {"C1": 1, "C3": 3, "c7": 7, "C12": 12, "D2": 4, "D3": 6, "D7": 14, "T": 12, "O": 24, "I": 60, "I1": 60,
@@ -63,7 +69,8 @@ def test_unknown_point_group_is_an_input_error_naming_it(name):
 
 
 @pytest.mark.parametrize("job", [["backproject", "particles.star", "-o", "map.mrc"],
-                                 ["evaluate", "map.mrc", "--ref", "ref.mrc"]])
+                                 ["evaluate", "map.mrc", "--ref", "ref.mrc"],
+                                 ["reconstruct", "particles.star", "-o", "run"]])
 def test_cli_rejects_an_unknown_symmetry_in_one_line(job, capsys):
     assert main([*job, "--symmetry", "X3"]) == 2
     assert capsys.readouterr().err.strip() == ("cryopose: error: unknown point group 'X3' (expected C<n>, D<n> "
@@ -169,3 +176,63 @@ def test_evaluate_symmetry_reports_pose_errors_modulo_the_group(tmp_path, capsys
     assert main(args) == 0
     poses = json.loads(capsys.readouterr().out)["poses"]
     assert poses["symmetry"] == "C3" and poses["rotation_median_deg"] < 0.1, poses
+
+
+class _TrainedOffFrame:
+    """A trained C1 run, as ``reconstruct`` sees it: its map (the truth turned off RELION's frame) and poses."""
+
+    def __init__(self, density: np.ndarray, rotations: np.ndarray, turn: np.ndarray):
+        self.alignment = MapAlignment(rotation=turn, shift_px=np.array([1.0, -2.0, 0.5]), mirrored=False,
+                                      correlation=1.0, voxel_size_A=3.0)
+        self.map = self.alignment.apply(torch.from_numpy(density))
+        self.rotations = self.alignment.transform_poses(rotations, np.zeros((len(rotations), 2)))
+
+    def density(self) -> torch.Tensor:
+        return self.map
+
+    def poses(self):
+        return self.rotations
+
+
+def test_reconstruct_symmetry_brings_map_and_poses_into_relions_frame_and_imposes_the_group(tmp_path):
+    """``reconstruct --symmetry C3`` after a C1 run whose map came out turned by 50° and shifted: the final map is
+    reconstructed with C3 in RELION's frame (its axis on z, centred) and matches the truth, and the poses match the
+    true ones modulo C3 once the group's in-plane freedom about z is aligned away."""
+    group = point_group("C3")
+    write_map(tmp_path / "c3.mrc", _symmetric_map(group, sigma=1.5), 3.0)
+    simulate(SimulationConfig(source=str(tmp_path / "c3.mrc"), box=32, apix=3.0, n=600, snr=2.0, seed=2),
+             tmp_path / "sim")
+    table, dataset = open_dataset(tmp_path / "sim" / "particles.star")
+    truth = np.array(read_map(tmp_path / "sim" / "ground_truth.mrc").data)
+    turn = rotvec_to_matrix(torch.tensor([0.3, -0.6, 0.5], dtype=F64)).numpy()  # 50°
+    run = _TrainedOffFrame(truth, table.rotations, turn)
+    measure = evaluator(3.0, None, None)
+    log = MetricsLog(tmp_path / "log.jsonl")
+    density, rotations, shifts, record = _final_poses(run, dataset, 1.0, measure, log, "cpu", True, "C3")
+    assert record["imposed"] and record["group_correlation"] > 0.97
+    found = find_symmetry(density, max_order=4)
+    assert found.group == "C3"
+    axis = torch.as_tensor(found.rotation, dtype=F64).T @ torch.tensor([0.0, 0, 1], dtype=F64)
+    assert abs(float(axis[2])) > math.cos(math.radians(3))  # the three-fold on z
+    err = pose_error(rotations, table.rotations, symmetry=group)
+    assert err.rotation_median_deg < 1.5 and not err.mirrored
+    aligned, onto_truth = align_maps(density, torch.from_numpy(truth), voxel_size_A=3.0)
+    assert abs(float((torch.as_tensor(onto_truth.matrix) @ torch.tensor([0.0, 0, 1], dtype=F64))[2])) > 0.999
+    assert np.abs(onto_truth.shift_px[:2]).max() < 0.5  # on the axis (along it the centre of mass); turned about z
+    assert float(fsc(torch.from_numpy(truth), aligned, 3.0)[1][:9].min()) > 0.95  # to 10.7 Å, where the blobs end
+
+
+def test_a_c1_run_with_an_exactly_symmetric_map_names_the_group_and_suggests_symmetry(tmp_path):
+    group = point_group("C3")
+    write_map(tmp_path / "c3.mrc", _symmetric_map(group, sigma=1.5), 3.0)
+    simulate(SimulationConfig(source=str(tmp_path / "c3.mrc"), box=32, apix=3.0, n=200, snr=2.0, seed=2),
+             tmp_path / "sim")
+    table, dataset = open_dataset(tmp_path / "sim" / "particles.star")
+    truth = np.array(read_map(tmp_path / "sim" / "ground_truth.mrc").data)
+    run = _TrainedOffFrame(truth, table.rotations, rotvec_to_matrix(torch.tensor([0.3, -0.6, 0.5], dtype=F64)).numpy())
+    log = MetricsLog(tmp_path / "log.jsonl")
+    with pytest.warns(UserWarning, match=r"point group C3 .*reconstruct with --symmetry C3"):
+        _, rotations, _, relaxed = _final_poses(run, dataset, 1.0, evaluator(3.0, None, None), log, "cpu", True)
+    assert relaxed is None and rotations is run.rotations[0]  # not relaxed: the poses as trained
+    record = [r for r in log.records() if r.get("kind") == "symmetry"][-1]
+    assert record["exact"] and record["group"] == "C3" and not record["relaxed"]

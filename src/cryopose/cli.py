@@ -118,7 +118,11 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--relax-symmetry", action=argparse.BooleanOptionalAction, default=True,
                    help="after training, if the map is pseudo-symmetric (correlation with its best "
                         "self-superposition >= 0.8), let each particle choose between its pose and its mate by "
-                        "two-class EM on gold-standard halves, and reconstruct map.mrc from the chosen poses")
+                        "EM on gold-standard halves (n classes for an n-fold), and reconstruct map.mrc from the chosen "
+                        "poses; an exact symmetry (>= 0.97) is reported, not relaxed")
+    p.add_argument("--symmetry", default="C1", metavar="G",
+                   help="point group Cn, Dn, T, O, I (= I2) or I1-I4: train in C1, then bring the map and poses into "
+                        "RELION's frame for G (as relion_align_symmetry) and reconstruct map.mrc with G imposed")
     g = p.add_argument_group("both methods (default: the method's own, see its config in config.json)")
     g.add_argument("--encoder", default=None, choices=["light", "paper", "small"],
                    help="CNN backbone (semi-amortized: light; search-supervised: small, the paper's)")
@@ -182,7 +186,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", required=True, help="reference map (e.g. ground_truth.mrc)")
     p.add_argument("--poses", default=None, help="true poses (.star/.cs) for the pose error")
     p.add_argument("--symmetry", default="C1", metavar="G",
-                   help="point group of the reference (RELION's frame): pose errors modulo G")
+                   help="point group of the reference (its axes fitted to the reference): pose errors modulo G")
     p.add_argument("--apix", type=float, default=None, help="voxel size (Å) of the map, overriding its header")
     p.add_argument("-o", "--output", default=None, help="folder for the report (default: the run directory)")
     p.set_defaults(job="evaluate")

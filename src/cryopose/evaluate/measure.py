@@ -18,11 +18,12 @@ Measure = Callable[..., dict]  # (density (D, D, D), rotations (N, 3, 3), shifts
 
 
 def evaluator(apix: float, reference: torch.Tensor | None, truth_rotations: np.ndarray | None,
-              truth_shifts: np.ndarray | None = None) -> Measure:
+              truth_shifts: np.ndarray | None = None, symmetry: torch.Tensor | None = None) -> Measure:
     """``measure(density, rotations, shifts=None) -> dict``: with a reference / true poses, the FSC-0.5
-    resolution of the map ``(D, D, D)`` after alignment and the error of the poses ``(N, 3, 3)``; with a
-    reference and true shifts too, the error of the shifts ``(N, 2)`` Å once moved with the map's alignment
-    (its translation included); empty without either."""
+    resolution of the map ``(D, D, D)`` after alignment and the error of the poses ``(N, 3, 3)`` (modulo the
+    point group ``symmetry`` ``(G, 3, 3)`` of the truth, in its frame, when given); with a reference and true
+    shifts too, the error of the shifts ``(N, 2)`` Å once moved with the map's alignment (its translation
+    included); empty without either."""
     mask = None if reference is None else soft_sphere_mask(reference.shape[-1])
 
     def measure(density: torch.Tensor, rotations: np.ndarray, shifts: np.ndarray | None = None) -> dict:
@@ -34,7 +35,7 @@ def evaluator(apix: float, reference: torch.Tensor | None, truth_rotations: np.n
             if shifts is not None and truth_shifts is not None:
                 moved = alignment.transform_poses(rotations, shifts)[1]
         if truth_rotations is not None:
-            err = pose_error(rotations, truth_rotations, moved, truth_shifts)
+            err = pose_error(rotations, truth_rotations, moved, truth_shifts, symmetry=symmetry)
             record.update(pose_error_mean_deg=err.rotation_mean_deg, pose_error_median_deg=err.rotation_median_deg,
                           pose_within_10deg=err.rotation_within_10deg)
             if err.shift_median_A is not None:

@@ -57,6 +57,10 @@ class SymmetryResult:
     shift_px: np.ndarray
     pseudo: list[str]
 
+    def elements(self) -> Tensor:
+        """The group's rotations ``(G, 3, 3)`` as they act in the map's own frame (``rotationᵀ g rotation``)."""
+        return _in_map_frame(point_group(self.group), torch.as_tensor(self.rotation, dtype=torch.float64))
+
     def alignment(self, voxel_size_A: float = 1.0) -> MapAlignment:
         """The transform as a :class:`~cryopose.physics.align.MapAlignment` (its ``apply`` turns a map)."""
         return MapAlignment(rotation=self.rotation, shift_px=self.shift_px, mirrored=False,
@@ -254,34 +258,64 @@ def _chosen(correlations: dict[str, float], orders: dict[str, int], accept: floa
     return max(passing, key=lambda n: (orders[n], correlations[n]), default="C1")
 
 
-def find_symmetry(volume: Tensor | np.ndarray, *, max_order: int = 12, search_box: int = 24, score_box: int = 48,
-                  accept: float = ACCEPT, tolerance: float = TOLERANCE, pseudo: float = PSEUDO) -> SymmetryResult:
-    """The point group of a ``(D, D, D)`` map among :func:`candidate_groups` (``max_order``), with the rotation
-    into RELION's frame for it. Axes and frames are searched on the map Fourier-cropped to ``search_box``
-    voxels, and the correlations measured at ``score_box`` (both at most ``D``); see the module's docstring."""
+def _prepared(volume: Tensor | np.ndarray, search_box: int, score_box: int) -> tuple[Tensor, _Scorer, _Scorer]:
+    """The map as float32 ``(D, D, D)`` and its scorers at ``search_box`` and ``score_box`` voxels."""
     data = (volume if isinstance(volume, Tensor) else torch.from_numpy(np.array(volume))).float()
     box = data.shape[-1]
     if data.ndim != 3 or data.shape != (box,) * 3 or box % 2:
         raise ValueError(f"the map must be cubic with an even box: {tuple(data.shape)}")
-    if max_order < 2:
-        raise ValueError(f"max_order must be at least 2, not {max_order}")
     coarse, fine = (_Scorer(prepared_map(data, min(box, b // 2 * 2), mask=True)) for b in (search_box, score_box))
-    generators = {name: _generators(name) for name in candidate_groups(max_order)}
+    return data, coarse, fine
+
+
+def _fitted(names: list[str], coarse: _Scorer, fine: _Scorer) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """The correlation (best first) and the frame ``L`` of each group of ``names`` fitted to the map."""
+    generators = {name: _generators(name) for name in names}
     folds = {g.fold for g in generators.values()} | {g.second_fold for g in generators.values() if g.second_fold}
     with torch.no_grad():
         axes = _best_axes(coarse, folds)
     frames = {name: _fit_group(coarse, gen, axes) for name, gen in generators.items()}
     with torch.no_grad():
         values = {name: float(_group_score(fine, gen.group, frames[name])) for name, gen in generators.items()}
-    correlations = dict(sorted(values.items(), key=lambda kv: -kv[1]))
-    group = _chosen(correlations, {n: len(g.group) for n, g in generators.items()}, accept, tolerance)
-    rotation = frames[group] if group != "C1" else torch.eye(3, dtype=torch.float64)
+    return dict(sorted(values.items(), key=lambda kv: -kv[1])), frames
+
+
+def _result(group: str, correlations: dict[str, float], frame: Tensor, box: int, fine: _Scorer,
+            pseudo: list[str]) -> SymmetryResult:
+    """The :class:`SymmetryResult` of ``group`` in ``frame``: the centre of symmetry goes to the box centre."""
+    rotation = frame if group != "C1" else torch.eye(3, dtype=torch.float64)
     centre = fine.centre.double() * (box / fine.volume.shape[-1]) if group != "C1" else torch.zeros(3).double()
-    found = _in_map_frame(point_group(group), rotation)
     return SymmetryResult(group=group, correlations=correlations, rotation=rotation.numpy(),
-                          shift_px=(-(rotation @ centre)).numpy(),
-                          pseudo=[n for n, c in correlations.items() if pseudo <= c < accept
-                                  and _contains(_in_map_frame(generators[n].group, frames[n]), found)])
+                          shift_px=(-(rotation @ centre)).numpy(), pseudo=pseudo)
+
+
+def find_symmetry(volume: Tensor | np.ndarray, *, max_order: int = 12, search_box: int = 24, score_box: int = 48,
+                  accept: float = ACCEPT, tolerance: float = TOLERANCE, pseudo: float = PSEUDO) -> SymmetryResult:
+    """The point group of a ``(D, D, D)`` map among :func:`candidate_groups` (``max_order``), with the rotation
+    into RELION's frame for it. Axes and frames are searched on the map Fourier-cropped to ``search_box``
+    voxels, and the correlations measured at ``score_box`` (both at most ``D``); see the module's docstring."""
+    if max_order < 2:
+        raise ValueError(f"max_order must be at least 2, not {max_order}")
+    data, coarse, fine = _prepared(volume, search_box, score_box)
+    names = candidate_groups(max_order)
+    correlations, frames = _fitted(names, coarse, fine)
+    group = _chosen(correlations, {n: len(point_group(n)) for n in names}, accept, tolerance)
+    found = _in_map_frame(point_group(group), frames.get(group, torch.eye(3, dtype=torch.float64)))
+    return _result(group, correlations, frames.get(group, torch.eye(3, dtype=torch.float64)), data.shape[-1], fine,
+                   [n for n, c in correlations.items() if pseudo <= c < accept
+                    and _contains(_in_map_frame(point_group(n), frames[n]), found)])
+
+
+def fit_symmetry(volume: Tensor | np.ndarray, group: str, *, search_box: int = 24,
+                 score_box: int = 48) -> SymmetryResult:
+    """The rotation and shift that bring a ``(D, D, D)`` map into RELION's frame for the point group ``group``
+    (as ``relion_align_symmetry``), with the group's correlation, whether or not it is the map's best."""
+    group = group.strip().upper()
+    data, coarse, fine = _prepared(volume, search_box, score_box)
+    if group == "C1":
+        return _result("C1", {}, torch.eye(3, dtype=torch.float64), data.shape[-1], fine, [])
+    correlations, frames = _fitted([group], coarse, fine)
+    return _result(group, correlations, frames[group], data.shape[-1], fine, [])
 
 
 def _in_map_frame(group: Tensor, frame: Tensor) -> Tensor:

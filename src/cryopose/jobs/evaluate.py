@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..evaluate.compare import finite, fsc_curve, pose_errors, read_maps, reference_on_grid
 from ..evaluate.report import write_report
+from ..evaluate.symmetry import fit_symmetry
 from ..geometry.symmetry import point_group
 from ..io import read_particles
 from ..io.atomic import atomic_path
@@ -58,10 +59,10 @@ def evaluate_run(map_path_or_run_dir: str | os.PathLike, ref_path: str | os.Path
         out_dir: where the files go (default: the run directory, or the map's folder); figures in ``plots/``.
         apix: voxel size (Å) of the reconstruction and half maps, overriding their headers.
         halves: two half maps (default: the run directory's).
-        symmetry: point group of the reference (:func:`~cryopose.geometry.symmetry.point_group`); pose errors
-            are modulo it.
+        symmetry: point group of the reference (:func:`~cryopose.geometry.symmetry.point_group`), with its axes
+            fitted to the reference (RELION's frame when the reference is in it); pose errors are modulo it.
     """
-    group = point_group(symmetry)
+    point_group(symmetry)  # an unknown group fails before any work
     target = Path(map_path_or_run_dir)
     map_path, poses_est, halves = _locate(target, poses_est, halves)
     if poses_truth is not None and poses_est is None:
@@ -93,6 +94,7 @@ def evaluate_run(map_path_or_run_dir: str | os.PathLike, ref_path: str | os.Path
                                 "resolution_0.143_A": finite(curves[1].resolutions_A[0.143])}
     errors = None
     if poses_truth is not None:
+        group = None if symmetry.strip().upper() == "C1" else fit_symmetry(ref, symmetry).elements()
         result["poses"], errors = pose_errors(read_particles(poses_est), read_particles(poses_truth), alignment,
                                               group)
         result["poses"].update(estimated=str(poses_est), truth=str(poses_truth), symmetry=symmetry)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import torch
 from ..errors import InputError
 from ..evaluate.compare import reference_on_grid
 from ..evaluate.measure import Measure, epoch_evaluator, evaluator
+from ..evaluate.symmetry import find_symmetry, fit_symmetry
+from ..geometry.symmetry import point_group
 from ..io.dataset import DataOptions, ParticleDataset, open_dataset
 from ..io.mrc import write_map
 from ..io.particles import ParticleTable
@@ -50,6 +53,7 @@ class ReconstructOptions:
     workers: int = 0
     halves: bool = False
     relax_symmetry: bool = True
+    symmetry: str = "C1"
     ref: str | os.PathLike | None = None
     method_options: dict = field(default_factory=dict)
 
@@ -62,10 +66,13 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
     Started by ``torchrun`` it runs data-parallel (:mod:`cryopose.train.distributed`); ranks other than 0
     return an empty summary. After training, a pseudo-symmetric map has each particle choose between its pose
     and its mate (``relax_symmetry``, :mod:`cryopose.methods.pseudo_symmetry`); ``map.mrc`` is then
-    reconstructed from the chosen poses.
+    reconstructed from the chosen poses. With a point group (``symmetry``) training stays C1; the map is then
+    brought into RELION's frame for the group (as ``relion_align_symmetry``), the poses with it, and ``map.mrc``
+    and the half maps are reconstructed with the group imposed.
     """
     if options.method not in METHODS:
         raise InputError(None, f"unknown --method {options.method!r} (choose from {', '.join(METHODS)})")
+    point_group(options.symmetry)  # an unknown group fails here, before any work
     with distributed.session(resolve_device(options.device)) as (ctx, device):
         table, dataset = open_dataset(particles, data)
         config = _configuration(particles, options, data, dataset, device, ctx.world)
@@ -78,7 +85,9 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
         model, sigma = _build_method(config, dataset, device)
         reference = None if config["reference"] is None else torch.tensor(
             reference_on_grid(config["reference"], dataset.box, dataset.pixel_size_A)[0])
-        measure = evaluator(dataset.pixel_size_A, reference, table.rotations, table.shifts_A)
+        symmetry = config.get("symmetry", "C1")
+        group = None if symmetry == "C1" or reference is None else fit_symmetry(reference, symmetry).elements()
+        measure = evaluator(dataset.pixel_size_A, reference, table.rotations, table.shifts_A, symmetry=group)
         loop = LoopConfig(epochs=config["epochs"], batch=config["batch"], seed=config["seed"],
                           checkpoint_minutes=config["checkpoint_minutes"], num_workers=config["num_workers"])
         try:
@@ -90,7 +99,8 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
         if not ctx.first:  # rank 0 writes the outputs; every rank holds the merged poses and the same map
             return {}
         density, rotations, shifts, relaxed = _final_poses(model, dataset, sigma, measure, log, device,
-                                                           config.get("relax_symmetry", True))
+                                                           config.get("relax_symmetry", True),
+                                                           symmetry)
         summary = {"kind": "done", **_write_outputs(run, config, table, dataset, density, rotations, shifts,
                                                     options.halves, device)}
         summary["seconds"] = round(time.time() - start, 1)
@@ -118,7 +128,7 @@ def _configuration(particles, options: ReconstructOptions, data: DataOptions, da
             "checkpoint_minutes": options.checkpoint_minutes,
             "reference": None if options.ref is None else str(Path(options.ref).resolve()),
             "datadir": data.datadir, "options": asdict(method_cfg), "processes": processes,
-            "relax_symmetry": options.relax_symmetry}
+            "relax_symmetry": options.relax_symmetry, "symmetry": options.symmetry.strip().upper()}
 
 
 def _build_method(config: dict, dataset: ParticleDataset, device: torch.device):
@@ -135,15 +145,31 @@ def _build_method(config: dict, dataset: ParticleDataset, device: torch.device):
 
 
 def _final_poses(model, dataset: ParticleDataset, sigma: float, measure: Measure, log: MetricsLog,
-                 device: torch.device, relax: bool):
-    """The trained map and poses, after the pseudo-symmetry relaxation when ``relax`` (logged, and measured when
-    it moved poses): density ``(D, D, D)``, rotations ``(N, 3, 3)``, shifts ``(N, 2)`` Å or None, and the
-    relaxation's record when it moved poses (else None)."""
+                 device: torch.device, relax: bool, symmetry: str = "C1"):
+    """The trained map and poses, then either the point group ``symmetry`` imposed (the map and poses brought into
+    RELION's frame for it, the map reconstructed with it) or, in C1, the pseudo-symmetry relaxation when ``relax``
+    (an exact symmetry is reported instead, with a warning suggesting ``--symmetry``). Logged, and measured when
+    the poses moved: density ``(D, D, D)``, rotations ``(N, 3, 3)``, shifts ``(N, 2)`` Å or None, and the record
+    when the poses moved (else None)."""
     density = model.density().cpu()
     rotations, shifts = model.poses()
+    if symmetry != "C1":
+        fit = fit_symmetry(density, symmetry)
+        rotations, shifts = fit.alignment(dataset.pixel_size_A).transform_poses(rotations, shifts)
+        density, = backproject_dataset(dataset, rotations, shifts, symmetry=point_group(symmetry), device=device)
+        record = {"group": symmetry, "group_correlation": fit.correlations[symmetry], "imposed": True,
+                  **measure(density, rotations, shifts)}
+        log.write(kind="symmetry", **record)
+        return density, rotations, shifts, record
     if not relax:
         return density, rotations, shifts, None
     rotations, shifts, record = relax_pseudo_symmetry(dataset, density, rotations, shifts, sigma, device=device)
+    if record["exact"]:
+        found = find_symmetry(density)
+        record.update(group=found.group, group_correlation=found.correlations.get(found.group))
+        if found.group != "C1":
+            warnings.warn(f"the map has point group {found.group} (correlation {found.correlations[found.group]:.3f}), "
+                          f"a symmetry the data cannot break: reconstruct with --symmetry {found.group}")
     if record["relaxed"]:
         density, = backproject_dataset(dataset, rotations, shifts, device=device)
         record.update(measure(density, rotations, shifts))
@@ -161,7 +187,9 @@ def _write_outputs(run: Path, config: dict, table: ParticleTable, dataset: Parti
     write_star(run / POSES, result, comments=[f"cryopose reconstruct --method {config['method']}: estimated poses"])
     written = {"map": str(run / MAP), "poses": str(run / POSES)}
     if halves:
-        _, *half_maps = backproject_dataset(dataset, rotations, shifts, halves=True, device=device)
+        group = point_group(config.get("symmetry", "C1"))
+        _, *half_maps = backproject_dataset(dataset, rotations, shifts, halves=True, device=device,
+                                            symmetry=group if len(group) > 1 else None)
         for name, volume in zip(HALF_MAPS, half_maps):
             write_map(run / name, volume.numpy(), dataset.pixel_size_A)
         curve = fsc(*half_maps, dataset.pixel_size_A, soft_sphere_mask(dataset.box))
@@ -202,7 +230,7 @@ def run(args: argparse.Namespace) -> None:
     options = ReconstructOptions(method=args.method, epochs=args.epochs, batch=args.batch, shifts=args.shifts,
                                  device=args.device, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
                                  workers=args.workers, halves=args.halves, relax_symmetry=args.relax_symmetry,
-                                 ref=args.ref, method_options=method_options)
+                                 symmetry=args.symmetry, ref=args.ref, method_options=method_options)
     data = DataOptions(datadir=args.datadir, apix=args.apix, box=args.box, invert=args.invert)
     summary = reconstruct(args.particles, args.output, options, data, resume=args.resume, force=args.force)
     if summary:  # empty on the ranks other than 0 of a torchrun job

@@ -7,9 +7,9 @@ average of both senses. The data can still tell them apart (on 4AKE 99 % of the 
 better than its mate under the true map), but the blend gives no asymmetric signal to start from.
 
 We detect ``S`` by superposing the map onto itself (:func:`~cryopose.physics.align.near_symmetry`) and, when it
-correlates above a threshold, run a two-class expectation-maximisation over {pose, mate} per particle, in the
-manner of RELION's ``--relax_sym`` but without a given point group: the even and odd particles are reconstructed
-separately, each weighted by the probability of each of its two poses, and each particle is scored against the
+correlates above a threshold, run an expectation-maximisation over {pose, mate} per particle (below for
+``n``-folds), in the manner of RELION's ``--relax_sym`` but without a given point group: the even and odd particles
+are reconstructed separately, each weighted by the probability of each of its poses, and each is scored against the
 map of the *other* half. Without that split a particle's own contribution to the map keeps it where it is and the
 blend does not break; with it the asymmetric part of the map grows from the noise, round after round. The halves
 take turns (Gauss–Seidel): the even particles are scored against the odd map and their map is rebuilt, then the odd
@@ -26,6 +26,13 @@ map picks the true side for 88–90 % of those poses; with each particle put exa
 same pattern of senses broke to 95 % in 6 rounds. Refined in the EM (3 steps of rotation and shift per candidate
 and round, the rate halved every 10 rounds so that the poses settle, scored up to 6 Å) the run's poses reach 82.7 %
 of the truth, median 2.05°, 4.06 Å in 31 rounds (13 min on one thread).
+
+An operator of order ``n`` (``n = 360° / angle``: 2 for a two-fold, 3 for a three-fold) gives each particle ``n``
+candidates ``R, S R, …, Sⁿ⁻¹ R`` and an ``n``-class EM. A map seen from another sense is the same answer (all
+particles turned by one power of ``S``), so in the end the classes are counted from the most chosen one, which moves
+the fewest particles; for a two-fold that is "turn everyone when more than half moved", which only holds when
+``S² = I``. An exact symmetry (a self-superposition at ``exact_correlation`` or better) is not relaxed: the data
+cannot break it, and the group should be imposed instead.
 
 Each half map is weighted shell by shell by the FSC between the two half maps before it scores the other half: the
 FSC of independent halves is the share of signal in a shell, so the weighted map is its expected signal (a Wiener
@@ -58,7 +65,8 @@ class RelaxConfig:
     """Settings of :func:`relax_pseudo_symmetry`.
 
     min_correlation: relax only when the map's best self-superposition at least ``exclude_deg`` from the identity
-        correlates above this (4AKE's true map 0.91, its blend 0.92).
+        correlates above this (4AKE's true map 0.91, its blend 0.92) and below ``exact_correlation``, where the
+        symmetry is exact (the threshold of :mod:`cryopose.evaluate.symmetry`).
     exclude_deg: rotations closer than this to the identity (degrees) are not symmetries (a smooth map correlates
         well with itself turned a little: 0.77 at 32° for an early 4AKE map).
     rounds: most EM rounds; ``tolerance``: stop when fewer than this share of particles change side in a round.
@@ -71,6 +79,7 @@ class RelaxConfig:
     """
 
     min_correlation: float = 0.8
+    exact_correlation: float = 0.97
     exclude_deg: float = 60.0
     rounds: int = 40
     tolerance: float = 0.005
@@ -80,19 +89,18 @@ class RelaxConfig:
     batch: int = 256
 
 
-def _half_map(dataset: ParticleDataset, half: int, poses: tuple[Tensor, Tensor],
-              shifts: tuple[Tensor | None, Tensor | None], p_first: Tensor, batch: int, device) -> Tensor:
-    """Map ``(D, D, D)`` of the particles of one half (``index % 2 == half``), each inserted at ``poses[0]`` with
-    weight ``p_first`` and at ``poses[1]`` with ``1 − p_first``."""
-    return backproject_dataset(dataset, torch.stack(poses, 1), None if shifts[0] is None else torch.stack(shifts, 1),
-                               weights=torch.stack([p_first, 1 - p_first], 1), half=half, batch=batch,
-                               device=device)[0]
+def _half_map(dataset: ParticleDataset, half: int, poses: list[Tensor], shifts: list[Tensor] | None,
+              weights: Tensor, batch: int, device) -> Tensor:
+    """Map ``(D, D, D)`` of the particles of one half (``index % 2 == half``), each inserted at its ``n`` candidate
+    poses (``poses``, ``shifts``: ``n`` tensors ``(N, 3, 3)``, ``(N, 2)`` Å) with ``weights`` ``(N, n)``."""
+    return backproject_dataset(dataset, torch.stack(poses, 1), None if shifts is None else torch.stack(shifts, 1),
+                               weights=weights, half=half, batch=batch, device=device)[0]
 
 
 def _residual(volume: Tensor, batch: dict, rotations: Tensor, shifts: Tensor | None, pixel_size_A: float,
               sigma: float, pixels: Tensor) -> Tensor:
-    """Least-squares residual ``(B, 2)`` of each image under each of its two poses ``rotations`` ``(B, 2, 3, 3)``
-    (and ``shifts`` ``(B, 2, 2)`` Å), with the best amplitude fitted per pose, in whitened units."""
+    """Least-squares residual ``(B, n)`` of each image under each of its candidate poses ``rotations``
+    ``(B, n, 3, 3)`` (and ``shifts`` ``(B, n, 2)`` Å), with the best amplitude fitted per pose, in whitened units."""
     pred = render(volume, rotations, pixel_size_A, ctf=batch["ctf"], shifts_A=shifts, real_space=False,
                   pixels=pixels) / sigma
     y = target_spectra(batch["images"], sigma, pixels)
@@ -100,28 +108,28 @@ def _residual(volume: Tensor, batch: dict, rotations: Tensor, shifts: Tensor | N
     return y.abs().square().sum(-1)[:, None] - fit
 
 
-def _log_odds(dataset: ParticleDataset, half: int, other_map: Tensor, shell_weights: Tensor,
-              poses: tuple[Tensor, Tensor], shifts: tuple[Tensor | None, Tensor | None], sigma: float,
-              cfg: RelaxConfig, lr: float, device) -> Tensor:
-    """Log-likelihood ratio ``(⌈(N − half) / 2⌉,)`` of ``poses[0]`` over ``poses[1]`` for the particles of one half,
-    in index order, scored against ``other_map`` ``(D, D, D)`` with each Fourier shell weighted by ``shell_weights``
-    ``(D//2 + 1,)`` (Gaussian noise ``sigma`` per Fourier coefficient, amplitude fitted per candidate). Both
-    candidate poses are first refined against that map by ``cfg.refine_steps`` Adam steps of rate ``lr`` (radians;
-    shifts the same at half the box), in place in ``poses`` and ``shifts``."""
+def _log_likelihoods(dataset: ParticleDataset, half: int, other_map: Tensor, shell_weights: Tensor,
+                     poses: list[Tensor], shifts: list[Tensor] | None, sigma: float, cfg: RelaxConfig, lr: float,
+                     device) -> Tensor:
+    """Log-likelihood ``(⌈(N − half) / 2⌉, n)`` of each candidate pose of the particles of one half, in index order,
+    scored against ``other_map`` ``(D, D, D)`` with each Fourier shell weighted by ``shell_weights`` ``(D//2 + 1,)``
+    (Gaussian noise ``sigma`` per Fourier coefficient, amplitude fitted per candidate). The candidates are first
+    refined against that map by ``cfg.refine_steps`` Adam steps of rate ``lr`` (radians; shifts the same at half
+    the box), in place in ``poses`` and ``shifts``."""
     weights = shell_weights.to(other_map.device)
     shell = shell_index(dataset.box, other_map.device).clamp(max=len(weights) - 1)
     volume = (hartley3_centered(other_map.double()) * weights[shell]).float().to(device)
     radius = None if cfg.resolution_A is None else dataset.box * dataset.pixel_size_A / cfg.resolution_A
     pixels = torch.nonzero(circular_mask(dataset.box, radius, device=device).flatten()).squeeze(1)
-    out = []
+    n, out = len(poses), []
     for b in make_loader(dataset, cfg.batch, sampler=range(half, len(dataset), 2)):
         keep = b["index"]
         b = {"images": b["images"].to(device), "ctf": b["ctf"].to(device)}
         rot = torch.stack([p[keep] for p in poses], 1).to(device)
-        shift = None if shifts[0] is None else torch.stack([s[keep] for s in shifts], 1).to(device)
+        shift = None if shifts is None else torch.stack([s[keep] for s in shifts], 1).to(device)
         if cfg.refine_steps:
-            turn = torch.zeros(len(keep), 2, 3, device=device, requires_grad=True)
-            move = torch.zeros(len(keep), 2, 2, device=device, requires_grad=shift is not None)
+            turn = torch.zeros(len(keep), n, 3, device=device, requires_grad=True)
+            move = torch.zeros(len(keep), n, 2, device=device, requires_grad=shift is not None)
             opt = torch.optim.Adam([{"params": [turn], "lr": lr},
                                     {"params": [move], "lr": lr * dataset.box * dataset.pixel_size_A / 2}])
             for _ in range(cfg.refine_steps):
@@ -138,50 +146,63 @@ def _log_odds(dataset: ParticleDataset, half: int, other_map: Tensor, shell_weig
                     s[keep] = shift[:, i].to(s)
         with torch.no_grad():
             cost = _residual(volume, b, rot, shift, dataset.pixel_size_A, sigma, pixels)
-        out.append(0.5 * (cost[:, 1] - cost[:, 0]).cpu())
+        out.append(-0.5 * cost.cpu())
     return torch.cat(out)
+
+
+def operator_order(angle_deg: float, largest: int = 6) -> int:
+    """The order ``n`` of a turn by ``angle_deg``: the ``n`` (2 to ``largest``) with ``360° / n`` nearest to it."""
+    return min(range(2, largest + 1), key=lambda n: abs(360.0 / n - angle_deg))
 
 
 def relax_pseudo_symmetry(dataset: ParticleDataset, volume: Tensor, rotations: np.ndarray,
                           shifts_A: np.ndarray | None, sigma: float, cfg: RelaxConfig = RelaxConfig(),
                           device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Poses ``(N, 3, 3)`` and origins ``(N, 2)`` (Å) with each particle at its pose or at its mate under the
-    near-symmetry of ``volume`` ``(D, D, D)``, whichever the two-class EM prefers, and a record of what was done.
+    """Poses ``(N, 3, 3)`` and origins ``(N, 2)`` (Å) with each particle at the power of the near-symmetry ``S`` of
+    ``volume`` ``(D, D, D)`` that the ``n``-class EM prefers, and a record of what was done.
 
     ``sigma``: noise standard deviation per Fourier coefficient of the images (:func:`losses.noise_sigma`).
-    The poses come back unchanged when the map is not pseudo-symmetric (``min_correlation``).
+    The poses come back unchanged when the map is not pseudo-symmetric (``min_correlation``) or is exactly
+    symmetric (``exact_correlation``; the record's ``exact`` is then true).
     """
     sym: MapAlignment = near_symmetry(volume, voxel_size_A=dataset.pixel_size_A, exclude_deg=cfg.exclude_deg)
-    record = {"symmetry_angle_deg": sym.to_dict()["rotation_angle_deg"], "symmetry_correlation": sym.correlation,
-              "relaxed": sym.correlation >= cfg.min_correlation}
+    angle = sym.to_dict()["rotation_angle_deg"]
+    record = {"symmetry_angle_deg": angle, "symmetry_correlation": sym.correlation,
+              "exact": sym.correlation >= cfg.exact_correlation,
+              "relaxed": cfg.min_correlation <= sym.correlation < cfg.exact_correlation}
     if not record["relaxed"]:
         return rotations, shifts_A, record
-    mate_rot, mate_shift = sym.transform_poses(rotations, shifts_A)
-    poses = tuple(torch.tensor(r, dtype=torch.float32) for r in (rotations, mate_rot))  # refined in place
-    shifts = tuple(None if s is None else torch.tensor(s, dtype=torch.float32) for s in (shifts_A, mate_shift))
-    p_first = torch.ones(len(dataset))  # start from the run's own poses (a blend is as good as a random split)
+    n = operator_order(angle)
+    candidates = [(rotations, shifts_A)]
+    for _ in range(n - 1):
+        candidates.append(sym.transform_poses(*candidates[-1]))
+    poses = [torch.tensor(r, dtype=torch.float32) for r, _ in candidates]  # refined in place
+    shifts = None if shifts_A is None else [torch.tensor(s, dtype=torch.float32) for _, s in candidates]
+    p = torch.zeros(len(dataset), n)
+    p[:, 0] = 1  # start from the run's own poses (a blend is as good as a random split)
     halves = [torch.arange(half, len(dataset), 2) for half in (0, 1)]
-    maps = [_half_map(dataset, half, poses, shifts, p_first, cfg.batch, device) for half in (0, 1)]
+    maps = [_half_map(dataset, half, poses, shifts, p, cfg.batch, device) for half in (0, 1)]
     bar = progress(range(cfg.rounds), desc="pseudo-symmetry", unit="round")
     for rounds in bar:
         changed = 0.0
         for half, index in enumerate(halves):  # in turn: the odd half is scored against the even map just rebuilt
             lr = cfg.refine_lr * 0.5 ** (rounds / 10)  # halved every 10 rounds, so that the poses settle
             weights = fsc(maps[0], maps[1])[1].clamp(0, 1)  # per shell: the other map's expected signal share
-            new = torch.sigmoid(_log_odds(dataset, half, maps[1 - half], weights, poses, shifts, sigma, cfg, lr,
-                                          device))
-            changed += float(((new < 0.5) != (p_first[index] < 0.5)).sum()) / len(dataset)
-            p_first[index] = new
-            maps[half] = _half_map(dataset, half, poses, shifts, p_first, cfg.batch, device)
-        bar.set_postfix(changed=f"{changed:.3f}", confidence=f"{float((2 * p_first - 1).abs().mean()):.2f}")
+            new = torch.softmax(_log_likelihoods(dataset, half, maps[1 - half], weights, poses, shifts, sigma, cfg,
+                                                 lr, device), dim=1)
+            changed += float((new.argmax(1) != p[index].argmax(1)).sum()) / len(dataset)
+            p[index] = new
+            maps[half] = _half_map(dataset, half, poses, shifts, p, cfg.batch, device)
+        confidence = float(((n * p.amax(1) - 1) / (n - 1)).mean())
+        bar.set_postfix(changed=f"{changed:.3f}", confidence=f"{confidence:.2f}")
         if changed < cfg.tolerance:
             break
-    to_mate = (p_first < 0.5).numpy()
-    if to_mate.mean() > 0.5:  # the same assignment seen from the other sense: move the fewer particles
-        to_mate = ~to_mate
-    rot = np.where(to_mate[:, None, None], poses[1].double().numpy(), poses[0].double().numpy())
-    shift = None if shifts_A is None else np.where(to_mate[:, None], shifts[1].double().numpy(),
-                                                   shifts[0].double().numpy())
-    record.update(rounds=rounds + 1, last_changed=changed, moved_to_mate=float(to_mate.mean()),
-                  confidence=float((2 * p_first - 1).abs().mean()))
+    chosen = p.argmax(1)
+    # the same assignment seen from the sense most particles chose: move the fewest particles
+    chosen = (chosen - torch.bincount(chosen, minlength=n).argmax()) % n
+    rows = torch.arange(len(dataset))
+    rot = torch.stack(poses, 1)[rows, chosen].double().numpy()
+    shift = None if shifts is None else torch.stack(shifts, 1)[rows, chosen].double().numpy()
+    record.update(order=n, rounds=rounds + 1, last_changed=changed, moved_to_mate=float((chosen != 0).double().mean()),
+                  confidence=confidence)
     return rot, shift, record
