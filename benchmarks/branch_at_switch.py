@@ -3,7 +3,7 @@
 One semi-amortized run trains its ``--switch`` amortized epochs and stops (its checkpoint is taken at the end of
 the last stage-1 epoch); two copies of its run directory then continue for ``--more`` epochs each: ``switched``
 as planned (per-particle poses from the best heads), ``amortized`` with the switch moved past the end
-(``--resume --epochs-amortized``). Both branches share the first run's epochs, data order and random state.
+(``--resume --switch-epoch``). Both branches share the first run's epochs, data order and random state.
 
     python benchmarks/branch_at_switch.py DATA/particles.star --ref DATA/ground_truth.mrc -o OUT \\
         --switch 5 --more 5 [--batch 32] [--heads 7] [--option key=value ...]

@@ -91,8 +91,8 @@ def run_cryopose(method: str):
     def run(data: Path, out: Path, preset: dict) -> tuple[dict, list[tuple[float, Path]], Path | None]:
         out.mkdir(parents=True, exist_ok=True)
         epochs = str(preset["epochs"])
-        stage = ["--epochs-search", epochs, "--denoiser-factor", "0"] if method == "search-supervised" else \
-            ["--epochs-amortized", str(preset["epochs"] // 2), "--search-epochs", "0"]
+        stage = ["--switch-epoch", epochs, "--denoiser-factor", "0"] if method == "search-supervised" else \
+            ["--switch-epoch", str(preset["epochs"] // 2), "--search-epochs", "0"]
         cmd = ["cryopose", "reconstruct", str(data / "particles.star"), "-o", str(out / "run"), "--method", method,
                "--epochs", epochs, "--force", "--halves"] + stage
         record = measured(cmd, out / "tool.log")

@@ -17,7 +17,7 @@ import pytest
 from cryopose.io.mrc import read_map
 from cryopose.simulation.simulate import SimulationConfig, simulate
 
-FAST = ["--epochs", "2", "--epochs-amortized", "1", "--heads", "2", "--batch", "16", "--device", "cpu"]
+FAST = ["--epochs", "2", "--switch-epoch", "1", "--heads", "2", "--batch", "16", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from cryopose.io import read_particles
 from cryopose.io.mrc import read_map
 from cryopose.simulation.simulate import SimulationConfig, simulate
 
-DIRECT = ["--epochs", "3", "--epochs-amortized", "0", "--resolution-start", "0", "--batch", "16", "--device", "cpu"]
+DIRECT = ["--epochs", "3", "--switch-epoch", "0", "--resolution-start", "0", "--batch", "16", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_both_methods_run_distributed(data, tmp_path):
     """Both stages of both methods, with the counters summed over the ranks, and a resumed 2-process run."""
     run = tmp_path / "sa"
     common = ["--batch", "16", "--device", "cpu", "--ref", str(data / "ground_truth.mrc")]
-    _run(data, run, 2, "--epochs", "1", "--epochs-amortized", "1", "--heads", "3", *common)
+    _run(data, run, 2, "--epochs", "1", "--switch-epoch", "1", "--heads", "3", *common)
     _run(data, run, 2, "--epochs", "2", "--resume", *common)
     records = _records(run)
     assert [(r["epoch"], r["stage"]) for r in records] == [(0, "amortized"), (1, "direct")]
@@ -150,8 +150,8 @@ def test_both_methods_run_distributed(data, tmp_path):
     assert len(read_particles(run / "poses.star")) == 480
 
     run = tmp_path / "ss"
-    _run(data, run, 2, "--method", "search-supervised", "--epochs", "2", "--epochs-search", "1",
-         "--beam-depth", "3", "--gd-steps", "5", "--denoiser-steps", "20", "--denoise-epochs", "1", *common)
+    _run(data, run, 2, "--method", "search-supervised", "--epochs", "2", "--switch-epoch", "1",
+         "--beam-depth", "3", "--gd-steps", "5", "--option", "denoiser_steps=20", "--denoise-epochs", "1", *common)
     records = _records(run)
     assert [(r["epoch"], r["stage"]) for r in records] == [(0, "search"), (1, "end-to-end")]
     assert records[0]["search_gain"] > 0

@@ -16,7 +16,7 @@ from conftest import checkpointed_loop, wait_for_mid_epoch_checkpoint
 from cryopose.io.mrc import read_map
 from cryopose.simulation.simulate import SimulationConfig, simulate
 
-ARGS = ["--epochs", "5", "--epochs-amortized", "2", "--heads", "2", "--batch", "16", "--device", "cpu",
+ARGS = ["--epochs", "5", "--switch-epoch", "2", "--heads", "2", "--batch", "16", "--device", "cpu",
         "--checkpoint-minutes", "0.002"]
 
 

@@ -18,7 +18,7 @@ import torch
 from cryopose.cli import main
 from cryopose.simulation.simulate import SimulationConfig, simulate
 
-FAST = ["--epochs", "1", "--epochs-amortized", "1", "--heads", "2", "--batch", "16", "--device", "cpu",
+FAST = ["--epochs", "1", "--switch-epoch", "1", "--heads", "2", "--batch", "16", "--device", "cpu",
         "--no-relax-symmetry"]
 
 
@@ -69,8 +69,8 @@ def test_denoiser_pretraining_killed_midway_resumes_from_its_checkpoint(data, tm
 
     run = tmp_path / "ss"
     args = ["reconstruct", str(data / "particles.star"), "-o", str(run), "--method", "search-supervised",
-            "--epochs", "1", "--epochs-search", "1", "--batch", "16", "--device", "cpu", "--beam-depth", "2",
-            "--gd-steps", "1", "--denoiser-steps", "30", "--checkpoint-minutes", "0", "--no-relax-symmetry"]
+            "--epochs", "1", "--switch-epoch", "1", "--batch", "16", "--device", "cpu", "--beam-depth", "2",
+            "--gd-steps", "1", "--option", "denoiser_steps=30", "--checkpoint-minutes", "0", "--no-relax-symmetry"]
     forward, calls = MLPDenoiser.forward, []
 
     def interrupted(self, x):

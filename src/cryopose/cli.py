@@ -123,58 +123,38 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--symmetry", default="C1", metavar="G",
                    help="point group Cn, Dn, T, O, I (= I2) or I1-I4: train in C1, then bring the map and poses into "
                         "RELION's frame for G (as relion_align_symmetry) and reconstruct map.mrc with G imposed")
-    g = p.add_argument_group("both methods (default: the method's own, see its config in config.json)")
-    g.add_argument("--encoder", default=None, choices=["light", "paper", "small"],
-                   help="CNN backbone (semi-amortized: light; search-supervised: small, the paper's)")
-    g.add_argument("--encoder-box", type=int, default=None, metavar="PX",
-                   help="Fourier-crop the images to this box for the encoder (semi-amortized 32, search-supervised 64)")
-    g.add_argument("--lr-encoder", type=float, default=None, help="encoder learning rate (Adam; paper 1e-4)")
-    g.add_argument("--lr-decoder", type=float, default=None,
-                   help="decoder learning rate, stage 1 (Adam; paper 5e-3 semi-amortized, 1e-2 search-supervised)")
-    g.add_argument("--loss", default=None, choices=["nll", "l1"], help="Gaussian NLL (default) or L1 modulus")
-    g.add_argument("--mantissa-exponent", action=argparse.BooleanOptionalAction, default=None,
-                   help="volume as mantissa·exp(exponent) (cryoSPIN §4.3; default on)")
-    g.add_argument("--resolution-start", type=float, default=None, metavar="A",
-                   help="coarse-to-fine: fit frequencies up to 1/A at first, widening to Nyquist over stage 1 "
-                        "(search-supervised; default 40) or held through stage 1 and widened over the first "
-                        "epochs after the switch (semi-amortized; default 20); 0: the whole band from the start")
-    g = p.add_argument_group("semi-amortized (cryoSPIN)")
-    g.add_argument("--heads", type=int, default=None, help="pose heads of the encoder (default 7)")
-    g.add_argument("--epochs-amortized", type=int, default=None,
-                   help="epochs of auto-encoding before the switch (default 5; with --resume it moves the switch "
-                        "of a run that has not switched yet: branch a copy of a run at its switch)")
-    g.add_argument("--lr-pose", type=float, default=None, help="per-particle pose learning rate, stage 2 (0.05)")
-    g.add_argument("--search-epochs", type=int, nargs="*", default=None, metavar="K",
-                   help="epochs after the switch (0 = the first) in which every particle's pose is also searched "
-                        "on the SO(3) grid under the current map, keeping the better of the two (not in the paper; "
-                        "default 3, when the band reaches Nyquist; none: --search-epochs with no value)")
-    g = p.add_argument_group("search-supervised (Cryo2SSNet)")
-    g.add_argument("--epochs-search", type=int, default=None,
-                   help="epochs of search-supervised training before end-to-end training (default 10; with "
-                        "--resume it moves the switch)")
-    g.add_argument("--beam-width", type=int, default=None, help="cells kept per level, c (default 4)")
-    g.add_argument("--beam-depth", type=int, default=None, help="grid levels searched, i (default 5)")
-    g.add_argument("--beam-explore", action=argparse.BooleanOptionalAction, default=None,
-                   help="also start each search from the best base cells, not only those nearest to the "
-                        "encoder's pose (global while the encoder is poor; default on)")
-    g.add_argument("--beam-start-level", type=int, default=None,
-                   help="grid level the search starts from: 0 = the 72 base cells (paper), 1 = 576 cells scored "
-                        "at low frequencies (default 1)")
-    g.add_argument("--keep-better", action=argparse.BooleanOptionalAction, default=None,
-                   help="a particle keeps its pose from the last search when the new search does not fit "
-                        "its image better under the current map (not in the paper; default on)")
-    g.add_argument("--gd-steps", type=int, default=None, help="gradient steps after the search, n (default 20)")
-    g.add_argument("--gd-lr", type=float, default=None, help="step size of those gradient steps (default 0.05)")
-    g.add_argument("--denoiser-factor", type=int, default=None,
-                   help="bottleneck factor f of the MLP denoiser; 0 for no denoiser (default 8)")
-    g.add_argument("--denoiser-steps", type=int, default=None,
-                   help="pre-training steps of the denoiser (batches of 64 images; default 7500)")
-    g.add_argument("--denoise-epochs", type=int, default=None,
-                   help="epochs whose search compares denoised images (default: first third of stage 1)")
-    g.add_argument("--snr", type=float, default=None,
-                   help="SNR of the images for the denoiser's loss (default: estimated from the data)")
+    _add_method_settings(p)
     _add_particle_options(p)
     p.set_defaults(job="reconstruct")
+
+
+def _add_method_settings(p: argparse.ArgumentParser) -> None:
+    """The methods' settings shown as flags (generated from their config fields), and ``--option`` for the rest."""
+    from .methods.config import expert_settings, flag_settings
+
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for s in flag_settings():
+        methods = " and ".join(s.defaults) if len(s.defaults) < 2 else "both methods"
+        g = groups.get(methods) or groups.setdefault(methods, p.add_argument_group(methods))
+        defaults = "; ".join(f"{m} {_shown(d)} ({source})" for m, (d, source) in s.defaults.items())
+        options = dict(help=f"{s.help} [default: {defaults}]", dest=s.name, default=None)
+        if s.kind.startswith("bool"):
+            g.add_argument(s.flag, action=argparse.BooleanOptionalAction, **options)
+        elif s.kind.startswith("tuple"):
+            g.add_argument(s.flag, type=int, nargs="*", metavar="K", **options)
+        else:
+            metavar = "{" + ",".join(s.choices) + "}" if s.choices else {"int": "N", "float": "X"}.get(
+                s.kind.split(" ")[0], "VALUE")
+            g.add_argument(s.flag, type=str, metavar=metavar, **options)
+    expert = "; ".join(f"{m}: {', '.join(names)}" for m, names in expert_settings().items())
+    p.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
+                   help=f"an expert setting of the method (repeatable; each with its default and source in "
+                        f"config.json): {expert}")
+
+
+def _shown(value) -> str:
+    return "none" if value is None or value == () else " ".join(map(str, value)) if isinstance(value, tuple) \
+        else str(value)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:

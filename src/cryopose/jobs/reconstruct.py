@@ -24,17 +24,17 @@ from ..io.particles import ParticleTable
 from ..io.run_files import HALF_MAPS, LOG, MAP, POSES
 from ..io.star import write_star
 from ..methods.backprojection import backproject_dataset
+from ..methods.config import METHOD_CONFIGS, flag_settings, parse_value
 from ..methods.losses import noise_sigma, signal_shell_rms
 from ..methods.pseudo_symmetry import relax_pseudo_symmetry
-from ..methods.search_supervised import SearchSupervised, SearchSupervisedConfig
-from ..methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
+from ..methods.search_supervised import SearchSupervised
+from ..methods.semi_amortized import SemiAmortized
 from ..physics.fsc import fsc, fsc_resolution, soft_sphere_mask
 from ..train import distributed
 from ..train.loop import LoopConfig, peak_memory, train
 from ..train.run_dir import MetricsLog, prepare_run_dir, resolve_device
 
-METHODS = {"semi-amortized": (SemiAmortized, SemiAmortizedConfig),
-           "search-supervised": (SearchSupervised, SearchSupervisedConfig)}
+METHODS = {"semi-amortized": SemiAmortized, "search-supervised": SearchSupervised}
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,8 @@ def _configuration(particles, options: ReconstructOptions, data: DataOptions, da
     if shifts == "auto":  # centred data (shift columns all zero) need no shift search; anything else does
         known = dataset.table.shifts_A
         shifts = "off" if known is not None and not np.any(known) else "on"
-    _, config_cls = METHODS[options.method]
     try:
-        method_cfg = replace(config_cls(**options.method_options), shifts=shifts == "on")
+        method_cfg = replace(METHOD_CONFIGS[options.method](**options.method_options), shifts=shifts == "on")
     except TypeError as err:
         raise InputError(None, f"--method {options.method}: {err}") from None
     return {"particles": str(Path(particles).resolve()), "method": options.method, "epochs": options.epochs,
@@ -138,9 +137,9 @@ def _build_method(config: dict, dataset: ParticleDataset, device: torch.device):
     stats = dataset.__getitems__(sample)
     sigma = noise_sigma(stats["images"])
     init_rms = signal_shell_rms(stats["images"], stats["ctf"], dataset.pixel_size_A, sigma)
-    method_cls, config_cls = METHODS[config["method"]]
-    model = method_cls(config_cls(**config["options"]), len(dataset), dataset.box, dataset.pixel_size_A, sigma,
-                       device, seed=config["seed"], init_rms=init_rms)
+    method = config["method"]
+    model = METHODS[method](METHOD_CONFIGS[method](**_stored(config["options"])), len(dataset), dataset.box,
+                            dataset.pixel_size_A, sigma, device, seed=config["seed"], init_rms=init_rms)
     return model, sigma
 
 
@@ -204,33 +203,45 @@ def _last_figures(log: MetricsLog, relaxed: dict | None) -> dict:
     return {k: v for k, v in last[-1].items() if k.startswith(keys)} if last else {}
 
 
-_SA, _SS = ("semi-amortized",), ("search-supervised",)
-METHOD_FLAGS = {  # reconstruct flag: (field of the method's config, methods it applies to)
-    "encoder": ("encoder", _SA + _SS), "encoder_box": ("encoder_box", _SA + _SS),
-    "lr_encoder": ("lr_encoder", _SA + _SS),
-    "lr_decoder": ("lr_decoder", _SA + _SS), "loss": ("loss", _SA + _SS),
-    "mantissa_exponent": ("mantissa_exponent", _SA + _SS), "resolution_start": ("resolution_start_A", _SA + _SS),
-    "heads": ("heads", _SA), "beam_explore": ("beam_explore", _SS),
-    "keep_better": ("keep_better", _SS), "beam_start_level": ("beam_start_level", _SS),
-    "epochs_amortized": ("switch_epoch", _SA), "lr_pose": ("lr_pose", _SA), "search_epochs": ("search_epochs", _SA),
-    "epochs_search": ("switch_epoch", _SS), "beam_width": ("beam_width", _SS), "beam_depth": ("beam_depth", _SS),
-    "gd_steps": ("gd_steps", _SS), "gd_lr": ("gd_lr", _SS), "denoiser_factor": ("denoiser_factor", _SS),
-    "denoise_epochs": ("denoise_epochs", _SS), "denoiser_steps": ("denoiser_steps", _SS), "snr": ("snr", _SS)}
+def _stored(options: dict) -> dict:
+    """Method settings as read back from ``config.json``: lists there are tuples in the config, and a run started
+    before the denoiser's SNR was named ``denoiser_snr`` has it as ``snr``."""
+    return {("denoiser_snr" if k == "snr" else k): tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+
+
+def method_options(args: argparse.Namespace) -> dict:
+    """The method's settings given on the command line: its flags, then each ``--option key=value``."""
+    config = METHOD_CONFIGS[args.method]
+
+    def parse(name: str, value, given: str):
+        try:
+            return parse_value(config, name, value) if isinstance(value, str) else value
+        except ValueError as err:
+            raise InputError(None, f"{given}: {err} (--method {args.method})") from None
+
+    options = {}
+    for s in flag_settings():
+        value = getattr(args, s.name)
+        if value is None:
+            continue
+        if args.method not in s.defaults:
+            raise InputError(None, f"{s.flag} does not apply to --method {args.method}")
+        options[s.name] = tuple(value) if isinstance(value, list) else parse(s.name, value, f"{s.flag} {value}")
+    for text in args.option or []:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise InputError(None, f"--option {text}: expected KEY=VALUE")
+        name = key.strip().replace("-", "_")
+        options[name] = parse(name, value.strip(), f"--option {text}")
+    return options
 
 
 def run(args: argparse.Namespace) -> None:
     """The job of the parsed ``cryopose reconstruct`` arguments; prints the summary."""
-    method_options = {}
-    for flag, (name, methods) in METHOD_FLAGS.items():
-        if getattr(args, flag) is None:
-            continue
-        if args.method not in methods:
-            raise InputError(None, f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
-        method_options[name] = getattr(args, flag)
     options = ReconstructOptions(method=args.method, epochs=args.epochs, batch=args.batch, shifts=args.shifts,
                                  device=args.device, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
                                  workers=args.workers, halves=args.halves, relax_symmetry=args.relax_symmetry,
-                                 symmetry=args.symmetry, ref=args.ref, method_options=method_options)
+                                 symmetry=args.symmetry, ref=args.ref, method_options=method_options(args))
     data = DataOptions(datadir=args.datadir, apix=args.apix, box=args.box, invert=args.invert)
     summary = reconstruct(args.particles, args.output, options, data, resume=args.resume, force=args.force)
     if summary:  # empty on the ranks other than 0 of a torchrun job

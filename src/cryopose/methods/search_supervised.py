@@ -26,7 +26,6 @@ slow at 64 px (every candidate projection goes through the MLP: ~2 images/s on 2
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import roma
@@ -39,50 +38,17 @@ from ..physics.fourier import ifft2_centered
 from ..physics.projection import render
 from .autoencoder import EncoderDecoder
 from .beam_search import BeamSearchConfig, beam_search
+from .config import SearchSupervisedConfig
 from .losses import target_spectra
 
 
-@dataclass
-class SearchSupervisedConfig:
-    """Settings (paper values as defaults; learning rates for Adam)."""
-
-    switch_epoch: int = 10
-    encoder: str = "small"
-    encoder_box: int | None = 64
-    lr_encoder: float = 1e-4
-    lr_decoder: float = 1e-2
-    decoder_lr_drop: float = 10.0
-    supervision_weight: float = 1.0
-    beam_width: int = 4
-    beam_depth: int = 5
-    gd_steps: int = 20
-    gd_lr: float = 0.05
-    beam_explore: bool = True
-    keep_better: bool = True
-    beam_start_level: int = 1
-    beam_start_resolution_A: float | None = 10.0
-    loss: str = "nll"
-    mantissa_exponent: bool = True
-    shifts: bool = False
-    max_shift_A: float | None = None
-    shift_span: int = 2
-    shift_levels: int = 3
-    radius_px: float | None = None
-    resolution_start_A: float | None = 40.0
-    denoiser_factor: int = 8
-    denoiser_steps: int = 7500
-    denoiser_batch: int = 64
-    denoiser_lr: float = 1e-4
-    denoise_epochs: int | None = None
-    snr: float | None = None
-
-    def search(self, start_radius: float | None, pixel_size_A: float, max_shift_A: float) -> BeamSearchConfig:
-        """The beam search's settings; shifts searched in steps of one pixel, then finer, within the encoder's
-        bound ``max_shift_A``."""
-        return BeamSearchConfig(self.beam_width, self.beam_depth, self.gd_steps, self.gd_lr, self.beam_explore,
-                                self.beam_start_level, start_radius, shift_step=pixel_size_A,
-                                shift_span=self.shift_span, shift_levels=self.shift_levels,
-                                shift_limit=max_shift_A)
+def beam_config(cfg: SearchSupervisedConfig, start_radius: float | None, pixel_size_A: float,
+                max_shift_A: float) -> BeamSearchConfig:
+    """The beam search's settings; shifts searched in steps of one pixel, then finer, within the encoder's bound
+    ``max_shift_A``."""
+    return BeamSearchConfig(cfg.beam_width, cfg.beam_depth, cfg.gd_steps, cfg.gd_lr, cfg.beam_explore,
+                            cfg.beam_start_level, start_radius, shift_step=pixel_size_A, shift_span=cfg.shift_span,
+                            shift_levels=cfg.shift_levels, shift_limit=max_shift_A)
 
 
 def quaternion_loss(r1: Tensor, r2: Tensor) -> Tensor:
@@ -110,7 +76,7 @@ class SearchSupervised(EncoderDecoder):
         self.denoise = self.denoiser  # what pre-training calls; a DDP wrapper after distribute()
         self.opt_denoiser = None if self.denoiser is None else torch.optim.Adam(self.denoiser.parameters(),
                                                                                 lr=cfg.denoiser_lr)
-        self.snr = cfg.snr  # of the images, for the denoiser's loss: given, or estimated in begin_pretrain
+        self.snr = cfg.denoiser_snr  # of the images, for the denoiser's loss: given, or estimated in begin_pretrain
         self.pretrain_losses: list[float] = []  # the last 50
         self.pretrained = False
         self.denoising = False
@@ -185,8 +151,8 @@ class SearchSupervised(EncoderDecoder):
                 return self.denoised_cost(volume, candidates, at, batch, clean, radius)
 
             held = self.rotations[index] if self.holding else None
-            search = self.cfg.search(self.radius_at(self.cfg.beam_start_resolution_A), self.apix,
-                                     self.encoder.max_shift_A)
+            search = beam_config(self.cfg, self.radius_at(self.cfg.beam_start_resolution_A), self.apix,
+                                 self.encoder.max_shift_A)
             searched, searched_shifts, searched_cost = beam_search(
                 cost, len(predicted), search, initial=predicted.detach(), incumbent=held, shifts=start)
             with torch.no_grad():

@@ -23,8 +23,6 @@ stage 1 leaves no pose information, searching every other epoch lets map and pos
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -32,34 +30,8 @@ from torch import Tensor
 from ..models.poses import PoseTable, RowAdam
 from .autoencoder import EncoderDecoder
 from .beam_search import BeamSearchConfig, beam_search
+from .config import SemiAmortizedConfig
 from .losses import target_spectra
-
-
-@dataclass
-class SemiAmortizedConfig:
-    """Settings (paper values as defaults; learning rates for Adam)."""
-
-    heads: int = 7
-    switch_epoch: int = 5
-    encoder: str = "light"
-    encoder_box: int | None = 32
-    lr_encoder: float = 1e-4
-    lr_decoder: float = 5e-3
-    lr_decoder_direct: float = 2e-3
-    lr_pose: float = 0.05
-    lr_shift_px: float = 0.6  # ours: stage-2 shift step (px); at the rotation rate in Å shifts barely moved
-    pose_steps: int = 5
-    loss: str = "nll"
-    mantissa_exponent: bool = True
-    shifts: bool = False
-    max_shift_A: float | None = None
-    radius_px: float | None = None
-    resolution_start_A: float | None = 20.0
-    band_ramp_epochs: int = 3
-    search_epochs: tuple[int, ...] = (3,)
-    search_width: int = 8
-    search_depth: int = 4
-    search_resolution_A: float | None = 10.0
 
 
 class SemiAmortized(EncoderDecoder):
