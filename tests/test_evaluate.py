@@ -14,13 +14,14 @@ from cryopose.errors import InputError
 from cryopose.geometry.rotations import MIRROR
 from cryopose.io.mrc import read_map, write_map
 from cryopose.io.particles import ParticleTable
-from cryopose.io.run_files import HALF_MAPS, MAP
+from cryopose.io.run_files import HALF_MAPS, LOG, MAP
 from cryopose.io.star import write_star
 from cryopose.jobs.evaluate import evaluate_run
 from cryopose.jobs.fsc import fsc_maps
 from cryopose.physics.align import MapAlignment, align_maps, transform_volume
 from cryopose.physics.fourier import fft2_centered, fft3_centered, ifft2_centered, ifft3_centered, radius_grid
 from cryopose.physics.fsc import fsc, fsc_resolution, soft_sphere_mask
+from cryopose.train.run_dir import MetricsLog
 
 F64 = torch.float64
 
@@ -204,8 +205,13 @@ def test_evaluate_run_directory(tmp_path):
     _particles(tmp_path / "particles.star", poses, origins, apix)
     noisy = roma.rotvec_to_rotmat(torch.randn(n, 3, generator=g, dtype=F64) * math.radians(1)).numpy() @ poses
     _particles(run / "poses.star", *frame.transform_poses(noisy, origins + 0.2), apix)
+    log = MetricsLog(run / LOG)  # a run's epochs measured against the truth: the report draws them
+    curve = [("amortized", 30.0, 120.0), ("direct", 12.0, 20.0), ("direct", 8.0, 3.0)]
+    for epoch, (stage, res, err) in enumerate(curve):
+        log.write(kind="epoch", epoch=epoch, stage=stage, train_seconds=60.0 * (epoch + 1),
+                  **{"resolution_0.5_A": res, "pose_error_median_deg": err})
 
-    result = evaluate_run(run, tmp_path / "truth.mrc", poses_truth=tmp_path / "particles.star")
+    result = evaluate_run(run, tmp_path / "truth.mrc", poses_truth=tmp_path / "particles.star", oracle_A=6.0)
     assert result["alignment"]["mirrored"] is True and result["reference_resampled"] is True
     # the same noise in the reference frame gives the resolutions a perfect alignment would
     noise = [h - moved for h in halves]
@@ -219,7 +225,7 @@ def test_evaluate_run_directory(tmp_path):
     assert poses_result["rotation_median_deg"] < 3 and poses_result["frame_vs_map_deg"] < 1
     assert poses_result["shift_median_A"] == pytest.approx(0.2 * math.sqrt(2), abs=0.15)
     for name in ("evaluation.json", "report.html", "plots/fsc.png", "plots/fsc.csv", "plots/map_views.png",
-                 "plots/pose_errors.png", "map_aligned.mrc"):
+                 "plots/pose_errors.png", "plots/training.png", "map_aligned.mrc"):
         assert (run / name).stat().st_size > 0, name
     assert json.loads((run / "evaluation.json").read_text()) == json.loads(json.dumps(result))
     assert "base64," in (run / "report.html").read_text()

@@ -147,3 +147,17 @@ def test_building_a_method_leaves_the_global_random_state_alone():
     second = SemiAmortized(SemiAmortizedConfig(heads=2), 8, 32, 3.0, 1.0, torch.device("cpu"), seed=5)
     for a, b in zip(first.encoder.parameters(), second.encoder.parameters()):
         assert torch.equal(a, b)  # the seed still decides the initial weights
+
+
+@pytest.mark.slow
+def test_demo_runs_the_default_method_and_the_oracle_and_reports_both(tmp_path, capsys):
+    """``cryopose demo`` at a small size: the oracle (true poses) and the default ab initio run are both evaluated
+    against the truth, and the report holds the run's training curves."""
+    assert main(["--quiet", "demo", "-o", str(tmp_path / "demo"), "--n", "300", "--snr", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ab initio (semi-amortized, default settings)" in out and "the true-pose map's" in out
+    evaluation = json.loads((tmp_path / "demo/run/evaluation.json").read_text())
+    oracle = json.loads((tmp_path / "demo/oracle/evaluation.json").read_text())
+    assert oracle["fsc_vs_reference"]["resolution_0.5_A"] < 8.0  # Nyquist 6 Å
+    assert evaluation["poses"]["n"] == 300 and evaluation["files"]["training_png"] == "plots/training.png"
+    assert (tmp_path / "demo/run/plots/training.png").stat().st_size > 0

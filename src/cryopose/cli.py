@@ -197,14 +197,15 @@ def _add_symmetry(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", formatter_class=Formatter, help="simulate, reconstruct and evaluate a built-in "
-                                                                "molecule",
-                       description="Simulate the built-in demo protein (made by code, no download), reconstruct "
-                                   "it, evaluate against the truth and write a report.")
+    p = sub.add_parser("demo", formatter_class=Formatter, help="simulate, reconstruct ab initio and evaluate a "
+                                                                "built-in molecule",
+                       description="Simulate the built-in demo protein (made by code, no download), reconstruct it "
+                                   "ab initio with the default method and from the true poses (the oracle), "
+                                   "evaluate both against the truth and write a report.")
     p.add_argument("-o", "--output", default="demo", help="output folder")
-    p.add_argument("--n", type=int, default=5000, help="number of particles")
-    p.add_argument("--box", type=int, default=64, help="box (px)")
-    p.add_argument("--apix", type=float, default=1.5, help="pixel size (Å)")
+    p.add_argument("--n", type=int, default=2000, help="number of particles")
+    p.add_argument("--box", type=int, default=32, help="box (px)")
+    p.add_argument("--apix", type=float, default=3.0, help="pixel size (Å)")
     p.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--force", action="store_true", help="overwrite an earlier demo in the folder")

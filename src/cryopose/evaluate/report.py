@@ -13,7 +13,7 @@ import numpy as np
 from ..io.atomic import atomic_path
 from ..io.run_files import PLOTS, REPORT
 from ..report.html import write_html
-from ..report.plots import FSCCurve, plot_fsc, plot_map_views, plot_pose_errors
+from ..report.plots import FSCCurve, plot_fsc, plot_map_views, plot_pose_errors, plot_training
 
 
 def write_fsc_csv(path: str | os.PathLike, curves: Sequence[FSCCurve]) -> None:
@@ -91,10 +91,12 @@ def _sections(result: dict) -> list[tuple[str, dict[str, str]]]:
 
 
 def write_report(out_dir: str | os.PathLike, result: dict, curves: Sequence[FSCCurve], maps: dict[str, np.ndarray],
-                 pose_errors: dict[str, np.ndarray] | None = None) -> dict[str, str]:
+                 pose_errors: dict[str, np.ndarray] | None = None, epochs: Sequence[dict] = (),
+                 oracle_A: float | None = None) -> dict[str, str]:
     """Write ``plots/fsc.png``/``fsc.csv``, ``plots/map_views.png``, ``plots/pose_errors.png`` (when
-    ``pose_errors`` has ``rotation_deg``, ``viewing_deg`` and optionally ``shift_A``, each ``(N,)``) and
-    ``report.html`` (figures embedded) in ``out_dir``.
+    ``pose_errors`` has ``rotation_deg``, ``viewing_deg`` and optionally ``shift_A``, each ``(N,)``),
+    ``plots/training.png`` (when the run's ``epochs`` log records were measured against the truth; ``oracle_A``:
+    the true-pose map's resolution) and ``report.html`` (figures embedded) in ``out_dir``.
 
     Returns the written files (relative to ``out_dir``) by kind.
     """
@@ -109,6 +111,11 @@ def write_report(out_dir: str | os.PathLike, result: dict, curves: Sequence[FSCC
         errors = plots / "pose_errors.png"
         plot_pose_errors(errors, pose_errors["rotation_deg"], pose_errors["viewing_deg"], pose_errors.get("shift_A"))
         figures.append((errors, "Per-particle pose errors after global alignment to the true poses"))
+    measured = [r for r in epochs if "resolution_0.5_A" in r or "pose_error_median_deg" in r]
+    if measured:
+        training = plots / "training.png"
+        plot_training(training, measured, oracle_A)
+        figures.append((training, "Resolution and pose error of each epoch's map and poses against training time"))
     html = out / REPORT
     notes = ["Resolutions are read where the FSC first falls below the threshold (linear interpolation between "
              "shells): 0.5 against the reference, 0.143 between independent half maps."]
@@ -116,4 +123,6 @@ def write_report(out_dir: str | os.PathLike, result: dict, curves: Sequence[FSCC
     files = {"fsc_png": png, "fsc_csv": table, "map_views_png": views, "report_html": html}
     if pose_errors is not None:
         files["pose_errors_png"] = errors
+    if measured:
+        files["training_png"] = training
     return {k: v.relative_to(out).as_posix() for k, v in files.items()}

@@ -20,9 +20,10 @@ from ..geometry.symmetry import point_group
 from ..io import read_particles
 from ..io.atomic import atomic_path
 from ..io.mrc import write_map
-from ..io.run_files import EVALUATION, HALF_MAPS, MAP, MAP_ALIGNED, POSES
+from ..io.run_files import EVALUATION, HALF_MAPS, LOG, MAP, MAP_ALIGNED, POSES
 from ..physics.align import align_maps
 from ..physics.fsc import soft_sphere_mask
+from ..train.run_dir import MetricsLog
 
 
 def _locate(target: Path, poses_est, halves) -> tuple[Path, Path | None, tuple[Path, Path] | None]:
@@ -47,7 +48,8 @@ def _locate(target: Path, poses_est, halves) -> tuple[Path, Path | None, tuple[P
 def evaluate_run(map_path_or_run_dir: str | os.PathLike, ref_path: str | os.PathLike,
                  poses_truth: str | os.PathLike | None = None, poses_est: str | os.PathLike | None = None,
                  out_dir: str | os.PathLike | None = None, apix: float | None = None,
-                 halves: tuple[str | os.PathLike, str | os.PathLike] | None = None, symmetry: str = "C1") -> dict:
+                 halves: tuple[str | os.PathLike, str | os.PathLike] | None = None, symmetry: str = "C1",
+                 oracle_A: float | None = None) -> dict:
     """Evaluate a reconstruction against a ground-truth map (and poses); returns the ``evaluation.json`` dict.
 
     Args:
@@ -61,6 +63,8 @@ def evaluate_run(map_path_or_run_dir: str | os.PathLike, ref_path: str | os.Path
         halves: two half maps (default: the run directory's).
         symmetry: point group of the reference (:func:`~cryopose.geometry.symmetry.point_group`), with its axes
             fitted to the reference (RELION's frame when the reference is in it); pose errors are modulo it.
+        oracle_A: resolution (Å) of the map from the true poses, drawn on the training curves of a run directory
+            whose log measured its epochs against the truth (``reconstruct --ref``).
     """
     point_group(symmetry)  # an unknown group fails before any work
     target = Path(map_path_or_run_dir)
@@ -98,8 +102,11 @@ def evaluate_run(map_path_or_run_dir: str | os.PathLike, ref_path: str | os.Path
         result["poses"], errors = pose_errors(read_particles(poses_est), read_particles(poses_truth), alignment,
                                               group)
         result["poses"].update(estimated=str(poses_est), truth=str(poses_truth), symmetry=symmetry)
+    epochs = [r for r in MetricsLog(target / LOG).records() if r.get("kind") == "epoch"] \
+        if target.is_dir() and (target / LOG).exists() else []
     result["files"] = {"map_aligned": MAP_ALIGNED, "evaluation_json": EVALUATION,
-                       **write_report(out, result, curves, {"aligned map": aligned, "reference": ref}, errors)}
+                       **write_report(out, result, curves, {"aligned map": aligned, "reference": ref}, errors,
+                                      epochs, oracle_A)}
     with atomic_path(out / EVALUATION) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result

@@ -1,4 +1,5 @@
-"""PNG figures for run reports: FSC curves, pose-error histograms, central sections and projections of maps.
+"""PNG figures for run reports: FSC curves, pose-error histograms, central sections and projections of maps, and
+the training curves of a run.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend change).
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 from ..io.atomic import atomic_path
 
@@ -145,4 +147,34 @@ def plot_map_views(path: str | os.PathLike, maps: dict[str, np.ndarray], apix: f
         fig.text(0.2 / width, (panel.y0 + panel.y1) / 2, name, rotation=90, ha="center", va="center", fontsize=11,
                  fontweight="bold")
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_training(path: str | os.PathLike, epochs: Sequence[dict], oracle_A: float | None = None) -> None:
+    """Resolution against the truth (FSC 0.5, Å) and median pose error (°) of each epoch's map and poses against
+    training time (minutes), from a run's ``epoch`` log records (``train_seconds``, ``resolution_0.5_A``,
+    ``pose_error_median_deg``, ``stage``); ``oracle_A``: the true-pose map's resolution, drawn as a line."""
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2)
+    fig.subplots_adjust(wspace=0.35, bottom=0.16)
+    minutes = np.array([r["train_seconds"] / 60 for r in epochs])
+    for ax, key, label in ((axes[0], "resolution_0.5_A", "resolution vs truth, FSC 0.5 (Å)"),
+                           (axes[1], "pose_error_median_deg", "median pose error (°)")):
+        values = np.array([r.get(key, np.nan) for r in epochs], dtype=float)
+        for stage, colour in zip(dict.fromkeys(r["stage"] for r in epochs), _COLOURS):
+            keep = np.array([r["stage"] == stage for r in epochs])
+            ax.plot(minutes[keep], values[keep], "o-", color=colour, label=stage, ms=4)
+        if key.startswith("resolution"):
+            if oracle_A is not None:
+                ax.axhline(oracle_A, color="0.4", ls="--", lw=1, label="true poses (oracle)")
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
+        else:
+            ax.set_ylim(0, 180)
+        ax.set_xlabel("training time (min)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle("Training curves (each epoch's map and poses)")
     _save(fig, path)
