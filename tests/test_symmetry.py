@@ -194,18 +194,25 @@ class _TrainedOffFrame:
         return self.rotations
 
 
-def test_reconstruct_symmetry_brings_map_and_poses_into_relions_frame_and_imposes_the_group(tmp_path):
-    """``reconstruct --symmetry C3`` after a C1 run whose map came out turned by 50° and shifted: the final map is
+@pytest.fixture(scope="module")
+def c3_run(tmp_path_factory):
+    """600 images (32 px) of a C3 map, and a C1 run that found the truth with its map turned by 50° and shifted."""
+    folder = tmp_path_factory.mktemp("c3")
+    write_map(folder / "c3.mrc", _symmetric_map(point_group("C3"), sigma=1.5), 3.0)
+    simulate(SimulationConfig(source=str(folder / "c3.mrc"), box=32, apix=3.0, n=600, snr=2.0, seed=2),
+             folder / "sim")
+    table, dataset = open_dataset(folder / "sim" / "particles.star")
+    truth = np.array(read_map(folder / "sim" / "ground_truth.mrc").data)
+    turn = rotvec_to_matrix(torch.tensor([0.3, -0.6, 0.5], dtype=F64)).numpy()  # 50°
+    return table, dataset, truth, _TrainedOffFrame(truth, table.rotations, turn)
+
+
+def test_reconstruct_symmetry_brings_map_and_poses_into_relions_frame_and_imposes_the_group(c3_run, tmp_path):
+    """``reconstruct --symmetry C3`` after a C1 run whose map came out turned and shifted: the final map is
     reconstructed with C3 in RELION's frame (its axis on z, centred) and matches the truth, and the poses match the
     true ones modulo C3 once the group's in-plane freedom about z is aligned away."""
     group = point_group("C3")
-    write_map(tmp_path / "c3.mrc", _symmetric_map(group, sigma=1.5), 3.0)
-    simulate(SimulationConfig(source=str(tmp_path / "c3.mrc"), box=32, apix=3.0, n=600, snr=2.0, seed=2),
-             tmp_path / "sim")
-    table, dataset = open_dataset(tmp_path / "sim" / "particles.star")
-    truth = np.array(read_map(tmp_path / "sim" / "ground_truth.mrc").data)
-    turn = rotvec_to_matrix(torch.tensor([0.3, -0.6, 0.5], dtype=F64)).numpy()  # 50°
-    run = _TrainedOffFrame(truth, table.rotations, turn)
+    table, dataset, truth, run = c3_run
     measure = evaluator(3.0, None, None)
     log = MetricsLog(tmp_path / "log.jsonl")
     density, rotations, shifts, record = _final_poses(run, dataset, 1.0, measure, log, "cpu", True, "C3")
@@ -222,14 +229,8 @@ def test_reconstruct_symmetry_brings_map_and_poses_into_relions_frame_and_impose
     assert float(fsc(torch.from_numpy(truth), aligned, 3.0)[1][:9].min()) > 0.95  # to 10.7 Å, where the blobs end
 
 
-def test_a_c1_run_with_an_exactly_symmetric_map_names_the_group_and_suggests_symmetry(tmp_path):
-    group = point_group("C3")
-    write_map(tmp_path / "c3.mrc", _symmetric_map(group, sigma=1.5), 3.0)
-    simulate(SimulationConfig(source=str(tmp_path / "c3.mrc"), box=32, apix=3.0, n=200, snr=2.0, seed=2),
-             tmp_path / "sim")
-    table, dataset = open_dataset(tmp_path / "sim" / "particles.star")
-    truth = np.array(read_map(tmp_path / "sim" / "ground_truth.mrc").data)
-    run = _TrainedOffFrame(truth, table.rotations, rotvec_to_matrix(torch.tensor([0.3, -0.6, 0.5], dtype=F64)).numpy())
+def test_a_c1_run_with_an_exactly_symmetric_map_names_the_group_and_suggests_symmetry(c3_run, tmp_path):
+    _, dataset, _, run = c3_run
     log = MetricsLog(tmp_path / "log.jsonl")
     with pytest.warns(UserWarning, match=r"point group C3 .*reconstruct with --symmetry C3"):
         _, rotations, _, relaxed = _final_poses(run, dataset, 1.0, evaluator(3.0, None, None), log, "cpu", True)
