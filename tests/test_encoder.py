@@ -106,6 +106,20 @@ def test_shifts_bounded_and_heads_distinct():
     assert angles[:, ~torch.eye(7, dtype=torch.bool)].min() > 1e-3  # heads start at different rotations
 
 
+def test_per_image_input_norm_ignores_each_images_offset_and_scale():
+    # the cryoSPIN reference code standardises each pyramid channel per image; the data-set norm does not
+    torch.manual_seed(0)
+    images = torch.randn(4, 32, 32)
+    scale, offset = torch.tensor([3.0, 0.5, 1.0, 10.0]), torch.tensor([1.0, -2.0, 0.0, 5.0])
+    changed = images * scale[:, None, None] + offset[:, None, None]
+    for norm, same in (("image", True), ("dataset", False)):
+        torch.manual_seed(1)
+        encoder = PoseEncoder(32, heads=2, input_norm=norm).eval()
+        with torch.no_grad():
+            close = torch.allclose(encoder(images)[0], encoder(changed)[0], atol=1e-4)
+        assert close is same, norm
+
+
 def test_eval_batch_of_one_matches_batch():
     torch.manual_seed(0)
     encoder = PoseEncoder(32, heads=3, predict_shifts=True)

@@ -125,11 +125,17 @@ class PoseEncoder(nn.Module):
         pixel_size_A: pixel size in Å.
         input_box: Fourier-crop the images to this box before the backbone (default: ``box``); poses need
             only low resolution, and the convolutions cost ``input_box²``.
+        input_norm: ``"dataset"``: the images as given (normalised over the data set by the loader);
+            ``"image"``: each pyramid channel standardised per image, as the cryoSPIN reference code does.
     """
 
     def __init__(self, box: int, heads: int = 7, backbone: str = "light", predict_shifts: bool = False,
-                 max_shift_A: float | None = None, pixel_size_A: float = 1.0, input_box: int | None = None):
+                 max_shift_A: float | None = None, pixel_size_A: float = 1.0, input_box: int | None = None,
+                 input_norm: str = "dataset"):
         super().__init__()
+        if input_norm not in ("dataset", "image"):
+            raise ValueError(f"input_norm must be 'dataset' or 'image', got {input_norm!r}")
+        self.input_norm = input_norm
         self.max_shift_A = box * pixel_size_A / 4 if max_shift_A is None else float(max_shift_A)
         self.input_box = box = box if input_box is None else min(int(input_box), box)
         if backbone not in _BACKBONES:
@@ -165,7 +171,10 @@ class PoseEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """Images ``(B, D, D)`` -> rotations ``(B, H, 3, 3)``, shifts ``(B, H, 2)`` in Å or ``None``."""
-        x = self.backbone(gaussian_pyramid(fourier_resize(images, self.input_box, 2), self.sigmas))
+        x = gaussian_pyramid(fourier_resize(images, self.input_box, 2), self.sigmas)
+        if self.input_norm == "image":
+            x = (x - x.mean((-2, -1), keepdim=True)) / x.std((-2, -1), keepdim=True).clamp(min=1e-6)
+        x = self.backbone(x)
         for layer, norm in zip(self.head_layers, self.head_norms):
             x = torch.relu(layer(x))
             x = norm(x.flatten(1)).unflatten(1, (self.heads, -1))
