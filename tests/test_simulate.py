@@ -17,10 +17,11 @@ from cryopose.io.mrc import read_map
 from cryopose.io.structure import read_structure
 from cryopose.jobs.backproject import backproject
 from cryopose.physics.density import model_to_map
+from cryopose.physics.fourier import frequency_grid_2d
 from cryopose.physics.fsc import fsc, fsc_resolution, soft_sphere_mask
 from cryopose.physics.resample import resample_map
 from cryopose.simulation.molecule import demo_structure
-from cryopose.simulation.simulate import SimulationConfig, simulate
+from cryopose.simulation.simulate import SimulationConfig, noise_power, simulate
 
 
 def _coords(st):
@@ -123,11 +124,64 @@ def test_backprojection_of_simulated_data_recovers_the_truth(tmp_path):
     assert fsc_resolution(freq, curve, 0.5) < 6.5
 
 
+def _shell_power(images: np.ndarray, apix: float) -> np.ndarray:
+    """Mean power per integer frequency shell ``(D//2,)`` of images ``(N, D, D)``, shell 0 left out (as 1)."""
+    box = images.shape[-1]
+    spectra = torch.fft.fftshift(torch.fft.fft2(torch.from_numpy(images)), dim=(-2, -1)).abs().square().mean(0)
+    shell = torch.round(frequency_grid_2d(box, apix, dtype=torch.float64).norm(dim=-1) * box * apix).long()
+    inside = shell < box // 2
+    power = torch.bincount(shell[inside], spectra[inside]) / torch.bincount(shell[inside])
+    return np.concatenate([[1.0], power[1:].numpy()])
+
+
+@pytest.mark.parametrize("spectrum", ["pink", "ice"])
+def test_coloured_noise_has_the_requested_spectrum(spectrum, tmp_path):
+    """Images that are all noise (SNR 1e-4) have the requested power per shell, at the variance of white noise."""
+    cfg = SimulationConfig(source="demo", box=32, apix=1.5, n=400, snr=1e-4, noise_spectrum=spectrum, seed=2)
+    summary = simulate(cfg, tmp_path)
+    stack = read_map(tmp_path / "particles.mrcs").data.astype(np.float64)
+    assert stack.var() == pytest.approx(summary["noise_sigma"] ** 2, rel=0.03)
+    measured = _shell_power(stack, 1.5)[1:]
+    expected = _shell_power(np.broadcast_to(np.fft.ifft2(np.fft.ifftshift(np.sqrt(noise_power(spectrum, 32, 1.5))))
+                                            .real[None], (1, 32, 32)).copy(), 1.5)[1:]
+    ratio = (measured / measured.mean()) / (expected / expected.mean())
+    assert np.abs(ratio - 1).max() < 0.1, ratio
+    # pink falls; ice has its ring at 3.7 Å (shell 13)
+    assert (measured[-1] / measured[0] < 0.6) if spectrum == "pink" else (measured[12] / measured[2] > 1.5)
+    assert f"noise spectrum {spectrum}" in (tmp_path / "particles.star").read_text()
+
+
+def test_preferred_views_junk_and_signal_envelope(tmp_path):
+    """Half of the particles viewed within 20° of z, a fifth of the images junk (half of them only noise) listed in
+    simulation.json, and the signal damped by exp(−B k²/4) in amplitude with the truth left sharp."""
+    cfg = SimulationConfig(source="demo", box=32, apix=3.0, n=1000, snr=100.0, seed=4, preferred_fraction=0.5,
+                           junk_fraction=0.2)
+    sharp = simulate(cfg, tmp_path / "sharp")
+    simulate(SimulationConfig(**{**cfg.__dict__, "envelope_bfactor_A2": 100.0}), tmp_path / "damped")
+    table = read_particles(tmp_path / "sharp/particles.star")
+    view = np.degrees(np.arccos(np.clip(table.rotations[:, 2, 2], -1, 1)))  # third row · z
+    assert 0.5 <= (view < 20).mean() <= 0.56  # the cone's share, plus the uniform half's ~3 %
+    junk = np.array(sharp["junk_indices"])
+    assert 0.17 < len(junk) / 1000 < 0.23
+    stack = read_map(tmp_path / "sharp/particles.mrcs").data.astype(np.float64)
+    quiet = stack.var(axis=(1, 2)) < 3 * sharp["noise_sigma"] ** 2  # images of noise only
+    assert set(np.flatnonzero(quiet)) <= set(junk.tolist()) and 0.35 < quiet.sum() / len(junk) < 0.65
+    keep = np.setdiff1d(np.arange(1000), junk)
+    damped = read_map(tmp_path / "damped/particles.mrcs").data.astype(np.float64)[keep]
+    k = np.arange(16) / (32 * 3.0)
+    ratio = _shell_power(damped, 3.0) / _shell_power(stack[keep], 3.0)
+    np.testing.assert_allclose(ratio[2:9], np.exp(-100.0 * k[2:9] ** 2 / 2), rtol=0.1)
+    np.testing.assert_array_equal(read_map(tmp_path / "sharp/ground_truth.mrc").data,
+                                  read_map(tmp_path / "damped/ground_truth.mrc").data)
+
+
 @pytest.mark.relion
-def test_relion_reconstruct_agrees_on_our_simulation(relion, shared_data, tmp_path):
-    """relion_reconstruct --ctf on our particles.star reaches the resolution of our backprojection (±5 %)."""
+@pytest.mark.parametrize("spectrum", ["white", "pink"])
+def test_relion_reconstruct_agrees_on_our_simulation(relion, shared_data, tmp_path, spectrum):
+    """relion_reconstruct --ctf on our particles.star reaches the resolution of our backprojection (±5 %), with
+    white or coloured noise."""
     simulate(SimulationConfig(source=str(shared_data / "models/4AKE.pdb"), box=32, apix=4.0, n=2000,
-                              snr=0.01, shift_std_px=1.5), tmp_path)
+                              snr=0.01, shift_std_px=1.5, noise_spectrum=spectrum), tmp_path)
     subprocess.run(["relion_reconstruct", "--i", "particles.star", "--o", "relion.mrc", "--ctf", "--angpix", "4.0"],
                    cwd=tmp_path, check=True, capture_output=True)
     backproject(tmp_path / "particles.star", tmp_path / "ours.mrc")

@@ -56,7 +56,19 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--voltage", type=float, default=300.0, help="acceleration voltage (kV)")
     p.add_argument("--cs", type=float, default=2.7, help="spherical aberration (mm)")
     p.add_argument("--amplitude-contrast", type=float, default=0.1, help="amplitude contrast (fraction)")
-    p.add_argument("--bfactor", type=float, default=0.0, help="extra B-factor blur of the atomic model (Å²)")
+    p.add_argument("--bfactor", type=float, default=0.0, help="extra B-factor blur of the atomic model (Å²; the "
+                                                                "ground truth is blurred too)")
+    p.add_argument("--envelope-bfactor", type=float, default=0.0, metavar="B",
+                   help="signal envelope exp(-B k²/4) on the images only, as in real data (Å²; not in the STAR)")
+    p.add_argument("--noise-spectrum", default="white", metavar="SHAPE",
+                   help="noise power per frequency: white, pink (falling as 1/(1 + 30 Å·k)), ice (a ring at "
+                        "3.7 Å) or a CSV of frequency_per_A,power rows; same variance as white noise")
+    p.add_argument("--junk", type=float, default=0.0, metavar="FRACTION",
+                   help="share of images without the particle (only noise, or a blob through their CTF); their "
+                        "indices go to simulation.json")
+    p.add_argument("--preferred-fraction", type=float, default=0.0, metavar="F",
+                   help="share of particles viewed within --preferred-within of the z axis (preferred views)")
+    p.add_argument("--preferred-within", type=float, default=20.0, metavar="DEG", help="cone of the preferred views")
     p.add_argument("--chains", nargs="+", default=None, help="keep only these chains of the model")
     p.add_argument("--map-apix", type=float, default=None, help="voxel size of an input map (Å), if its "
                                                                 "header has none")

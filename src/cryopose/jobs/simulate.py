@@ -13,7 +13,9 @@ def run(args: argparse.Namespace) -> None:
                            defocus_max_um=args.defocus[1], astigmatism_max_A=args.astigmatism,
                            voltage_kV=args.voltage, cs_mm=args.cs, amplitude_contrast=args.amplitude_contrast,
                            bfactor_A2=args.bfactor, seed=args.seed, chains=args.chains or [],
-                           map_apix=args.map_apix)
+                           map_apix=args.map_apix, envelope_bfactor_A2=args.envelope_bfactor,
+                           noise_spectrum=args.noise_spectrum, junk_fraction=args.junk,
+                           preferred_fraction=args.preferred_fraction, preferred_within_deg=args.preferred_within)
     summary = simulate(cfg, args.output, force=args.force)
     print(f"simulated {cfg.n} particles of {cfg.box} px at {cfg.apix} Å/px, SNR {summary['measured_snr']:.4g}, "
           f"in {summary['seconds']:.1f} s -> {args.output}/particles.star")
