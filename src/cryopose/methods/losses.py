@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..physics.ctf import CTFParams, compute_ctf
 from ..physics.fourier import fft2_centered, frequency_grid_2d
-from ..physics.projection import circular_mask
+from ..physics.projection import circular_mask, render
 
 
 def noise_sigma(images: Tensor, outer: float = 0.8) -> float:
@@ -62,3 +62,15 @@ def slice_loss(predicted: Tensor, target: Tensor, kind: str = "nll") -> Tensor:
     if kind == "l1":
         return residual.mean(-1)
     raise ValueError(f"unknown loss {kind!r} (use 'nll' or 'l1')")
+
+
+def fitted_residual(volume: Tensor, batch: dict, rotations: Tensor, shifts: Tensor | None, pixel_size_A: float,
+                    sigma: float, pixels: Tensor) -> Tensor:
+    """Least-squares residual ``(B, n)`` of each image under each of its candidate poses ``rotations``
+    ``(B, n, 3, 3)`` (and ``shifts`` ``(B, n, 2)`` Å) of the Hartley ``volume``, over the Fourier ``pixels``, with
+    the best amplitude fitted per pose, in whitened units (noise ``sigma`` per coefficient)."""
+    pred = render(volume, rotations, pixel_size_A, ctf=batch["ctf"], shifts_A=shifts, real_space=False,
+                  pixels=pixels) / sigma
+    y = target_spectra(batch["images"], sigma, pixels)
+    fit = (pred.conj() * y[:, None]).real.sum(-1).square() / pred.abs().square().sum(-1).clamp(min=1e-12)
+    return y.abs().square().sum(-1)[:, None] - fit

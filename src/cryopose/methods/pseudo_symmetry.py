@@ -54,10 +54,10 @@ from ..io.dataset import ParticleDataset, make_loader
 from ..physics.align import MapAlignment, near_symmetry
 from ..physics.fourier import hartley3_centered, shell_index
 from ..physics.fsc import fsc
-from ..physics.projection import circular_mask, render
+from ..physics.projection import circular_mask
 from ..progress import progress
 from .backprojection import backproject_dataset
-from .losses import target_spectra
+from .losses import fitted_residual
 
 
 @dataclass(frozen=True)
@@ -97,17 +97,6 @@ def _half_map(dataset: ParticleDataset, half: int, poses: list[Tensor], shifts: 
                                weights=weights, half=half, batch=batch, device=device)[0]
 
 
-def _residual(volume: Tensor, batch: dict, rotations: Tensor, shifts: Tensor | None, pixel_size_A: float,
-              sigma: float, pixels: Tensor) -> Tensor:
-    """Least-squares residual ``(B, n)`` of each image under each of its candidate poses ``rotations``
-    ``(B, n, 3, 3)`` (and ``shifts`` ``(B, n, 2)`` Å), with the best amplitude fitted per pose, in whitened units."""
-    pred = render(volume, rotations, pixel_size_A, ctf=batch["ctf"], shifts_A=shifts, real_space=False,
-                  pixels=pixels) / sigma
-    y = target_spectra(batch["images"], sigma, pixels)
-    fit = (pred.conj() * y[:, None]).real.sum(-1).square() / pred.abs().square().sum(-1).clamp(min=1e-12)
-    return y.abs().square().sum(-1)[:, None] - fit
-
-
 def _log_likelihoods(dataset: ParticleDataset, half: int, other_map: Tensor, shell_weights: Tensor,
                      poses: list[Tensor], shifts: list[Tensor] | None, sigma: float, cfg: RelaxConfig, lr: float,
                      device) -> Tensor:
@@ -134,7 +123,7 @@ def _log_likelihoods(dataset: ParticleDataset, half: int, other_map: Tensor, she
                                     {"params": [move], "lr": lr * dataset.box * dataset.pixel_size_A / 2}])
             for _ in range(cfg.refine_steps):
                 opt.zero_grad()
-                _residual(volume, b, rot @ roma.rotvec_to_rotmat(turn), None if shift is None else shift + move,
+                fitted_residual(volume, b, rot @ roma.rotvec_to_rotmat(turn), None if shift is None else shift + move,
                           dataset.pixel_size_A, sigma, pixels).sum().backward()
                 opt.step()
             rot = rot @ roma.rotvec_to_rotmat(turn.detach())
@@ -145,7 +134,7 @@ def _log_likelihoods(dataset: ParticleDataset, half: int, other_map: Tensor, she
                 for i, s in enumerate(shifts):
                     s[keep] = shift[:, i].to(s)
         with torch.no_grad():
-            cost = _residual(volume, b, rot, shift, dataset.pixel_size_A, sigma, pixels)
+            cost = fitted_residual(volume, b, rot, shift, dataset.pixel_size_A, sigma, pixels)
         out.append(-0.5 * cost.cpu())
     return torch.cat(out)
 
