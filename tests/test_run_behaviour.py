@@ -12,10 +12,12 @@ import subprocess
 import sys
 import termios
 
+import numpy as np
 import pytest
 import torch
 
 from cryopose.cli import main
+from cryopose.io import read_particles
 from cryopose.simulation.simulate import SimulationConfig, simulate
 
 FAST = ["--epochs", "1", "--switch-epoch", "1", "--heads", "2", "--batch", "16", "--device", "cpu",
@@ -31,6 +33,17 @@ def data(tmp_path_factory):
 
 def _kinds(run) -> list[str]:
     return [json.loads(line)["kind"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_exclude_worst_leaves_the_lowest_scores_out_and_poses_star_holds_every_score(data, tmp_path):
+    run = tmp_path / "run"
+    assert main(["reconstruct", str(data / "particles.star"), "-o", str(run), *FAST, "--halves",
+                 "--exclude-worst", "0.25"]) == 0
+    scores = read_particles(run / "poses.star").extra["rlnLogLikeliContribution"].astype(float)
+    assert len(scores) == 64 and abs(np.median(scores)) < 1e-6  # relative to the population's median
+    record = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "exclude"][-1]
+    assert record["excluded"] == 16 and (scores < record["score_below"]).sum() == 16
 
 
 def test_evaluate_reads_the_half_maps_reconstruct_writes(data, tmp_path):

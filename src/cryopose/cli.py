@@ -132,6 +132,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                         "self-superposition >= 0.8), let each particle choose between its pose and its mate by "
                         "EM on gold-standard halves (n classes for an n-fold), and reconstruct map.mrc from the chosen "
                         "poses; an exact symmetry (>= 0.97) is reported, not relaxed")
+    p.add_argument("--exclude-worst", type=float, default=0.0, metavar="FRACTION",
+                   help="leave this share of the particles that fit the final map worst (junk) out of map.mrc and "
+                        "the half maps; every particle's fit score is in poses.star (rlnLogLikeliContribution)")
     p.add_argument("--symmetry", default="C1", metavar="G",
                    help="point group Cn, Dn, T, O, I (= I2) or I1-I4: train in C1, then bring the map and poses into "
                         "RELION's frame for G (as relion_align_symmetry) and reconstruct map.mrc with G imposed")

@@ -25,6 +25,7 @@ from ..io.run_files import HALF_MAPS, LOG, MAP, POSES
 from ..io.star import write_star
 from ..methods.backprojection import backproject_dataset
 from ..methods.config import METHOD_CONFIGS, flag_settings, parse_value
+from ..methods.fit_score import fit_scores, worst
 from ..methods.losses import noise_sigma, signal_shell_rms
 from ..methods.pseudo_symmetry import relax_pseudo_symmetry
 from ..methods.search_supervised import SearchSupervised
@@ -54,6 +55,7 @@ class ReconstructOptions:
     halves: bool = False
     relax_symmetry: bool = True
     symmetry: str = "C1"
+    exclude_worst: float = 0.0
     ref: str | os.PathLike | None = None
     method_options: dict = field(default_factory=dict)
 
@@ -73,6 +75,8 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
     if options.method not in METHODS:
         raise InputError(None, f"unknown --method {options.method!r} (choose from {', '.join(METHODS)})")
     point_group(options.symmetry)  # an unknown group fails here, before any work
+    if not 0 <= options.exclude_worst < 1:
+        raise InputError(None, f"--exclude-worst must be in [0, 1), not {options.exclude_worst}")
     with distributed.session(resolve_device(options.device)) as (ctx, device):
         table, dataset = open_dataset(particles, data)
         config = _configuration(particles, options, data, dataset, device, ctx.world)
@@ -101,8 +105,14 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
         density, rotations, shifts, relaxed = _final_poses(model, dataset, sigma, measure, log, device,
                                                            config.get("relax_symmetry", True),
                                                            symmetry)
+        scores = fit_scores(dataset, density, rotations, shifts, sigma, device=device)
+        keep = ~worst(scores, config.get("exclude_worst", 0.0))
+        if not keep.all():  # the map without the particles that fit worst (junk)
+            density, = backproject_dataset(dataset, rotations, shifts, weights=keep.astype(np.float32), device=device)
+            log.write(kind="exclude", excluded=int((~keep).sum()), score_below=float(scores[keep].min()),
+                      **measure(density, rotations, shifts))
         summary = {"kind": "done", **_write_outputs(run, config, table, dataset, density, rotations, shifts,
-                                                    options.halves, device)}
+                                                    scores, keep, options.halves, device)}
         summary["seconds"] = round(time.time() - start, 1)
         summary.update(peak_memory(device))
         summary.update(_last_figures(log, relaxed))
@@ -127,7 +137,8 @@ def _configuration(particles, options: ReconstructOptions, data: DataOptions, da
             "checkpoint_minutes": options.checkpoint_minutes,
             "reference": None if options.ref is None else str(Path(options.ref).resolve()),
             "datadir": data.datadir, "options": asdict(method_cfg), "processes": processes,
-            "relax_symmetry": options.relax_symmetry, "symmetry": options.symmetry.strip().upper()}
+            "relax_symmetry": options.relax_symmetry, "symmetry": options.symmetry.strip().upper(),
+            "exclude_worst": options.exclude_worst}
 
 
 def _build_method(config: dict, dataset: ParticleDataset, device: torch.device):
@@ -177,17 +188,21 @@ def _final_poses(model, dataset: ParticleDataset, sigma: float, measure: Measure
 
 
 def _write_outputs(run: Path, config: dict, table: ParticleTable, dataset: ParticleDataset,
-                   density: torch.Tensor, rotations: np.ndarray, shifts: np.ndarray | None, halves: bool,
-                   device: torch.device) -> dict:
-    """Write ``map.mrc``, ``poses.star`` and, with ``halves``, the maps of the even and odd particles at the final
-    poses (as in a gold-standard refinement) with their FSC resolution; returns what was written."""
+                   density: torch.Tensor, rotations: np.ndarray, shifts: np.ndarray | None, scores: np.ndarray,
+                   keep: np.ndarray, halves: bool, device: torch.device) -> dict:
+    """Write ``map.mrc``, ``poses.star`` (with each particle's fit score, :mod:`cryopose.methods.fit_score`) and,
+    with ``halves``, the maps of the even and odd particles kept (``keep`` ``(N,)``) at the final poses (as in a
+    gold-standard refinement) with their FSC resolution; returns what was written."""
     write_map(run / MAP, density.numpy(), dataset.pixel_size_A)
-    result = replace(table, rotations=rotations, shifts_A=shifts if shifts is not None else np.zeros((len(table), 2)))
-    write_star(run / POSES, result, comments=[f"cryopose reconstruct --method {config['method']}: estimated poses"])
+    result = replace(table, rotations=rotations, shifts_A=shifts if shifts is not None else np.zeros((len(table), 2)),
+                     extra={**table.extra, "rlnLogLikeliContribution": scores})
+    write_star(run / POSES, result, comments=[f"cryopose reconstruct --method {config['method']}: estimated poses; "
+                                              f"rlnLogLikeliContribution: fit score (larger is better)"])
     written = {"map": str(run / MAP), "poses": str(run / POSES)}
     if halves:
         group = point_group(config.get("symmetry", "C1"))
         _, *half_maps = backproject_dataset(dataset, rotations, shifts, halves=True, device=device,
+                                            weights=keep.astype(np.float32),
                                             symmetry=group if len(group) > 1 else None)
         for name, volume in zip(HALF_MAPS, half_maps):
             write_map(run / name, volume.numpy(), dataset.pixel_size_A)
@@ -241,7 +256,8 @@ def run(args: argparse.Namespace) -> None:
     options = ReconstructOptions(method=args.method, epochs=args.epochs, batch=args.batch, shifts=args.shifts,
                                  device=args.device, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
                                  workers=args.workers, halves=args.halves, relax_symmetry=args.relax_symmetry,
-                                 symmetry=args.symmetry, ref=args.ref, method_options=method_options(args))
+                                 symmetry=args.symmetry, exclude_worst=args.exclude_worst, ref=args.ref,
+                                 method_options=method_options(args))
     data = DataOptions(datadir=args.datadir, apix=args.apix, box=args.box, invert=args.invert)
     summary = reconstruct(args.particles, args.output, options, data, resume=args.resume, force=args.force)
     if summary:  # empty on the ranks other than 0 of a torchrun job
