@@ -168,8 +168,9 @@ def _add_method_settings(p: argparse.ArgumentParser) -> None:
 
 
 def _shown(value) -> str:
-    return "none" if value is None or value == () else " ".join(map(str, value)) if isinstance(value, tuple) \
-        else str(value)
+    if value is None or value == ():
+        return "none"
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
