@@ -99,7 +99,7 @@ class SemiAmortized(EncoderDecoder):
         return self.table is not None and self.epoch - self.cfg.switch_epoch in self.cfg.search_epochs
 
     @torch.no_grad()
-    def _search(self, batch: dict, target: Tensor, index: Tensor, volume: Tensor) -> None:
+    def search(self, batch: dict, target: Tensor, index: Tensor, volume: Tensor) -> None:
         """Global search for the batch (module doc); each particle keeps the better of it and its current pose."""
         own = self.table.shift[index] if self.cfg.shifts else None  # (B, 2) Å: the search starts from them
 
@@ -125,7 +125,7 @@ class SemiAmortized(EncoderDecoder):
         index = batch["index"].to(self.device)
         volume = self.volume.hartley().detach()
         if self.searching() and bool((self.searched_at[index] < self.epoch).any()):
-            self._search(batch, target, index, volume)
+            self.search(batch, target, index, volume)
         for _ in range(self.cfg.pose_steps):
             rotvec, shift = self.table.leaves(index)
             rotations = self.table.compose(rotvec, index)[:, None]
