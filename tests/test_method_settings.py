@@ -8,8 +8,11 @@ from dataclasses import fields
 import pytest
 
 from cryopose.cli import build_parser, main
-from cryopose.jobs.reconstruct import method_options
+from cryopose.io import read_particles
+from cryopose.io.dataset import DataOptions, ParticleDataset
+from cryopose.jobs.reconstruct import ReconstructOptions, _configuration, method_options
 from cryopose.methods.config import METHOD_CONFIGS, OURS, PAPER, MethodConfig, flag_settings
+from cryopose.simulation.simulate import SimulationConfig, simulate
 
 
 @pytest.mark.parametrize("config", [MethodConfig, *METHOD_CONFIGS.values()])
@@ -20,7 +23,7 @@ def test_every_setting_has_help_and_the_source_of_its_default(config):
 
 def test_shared_flags_are_generated_once_with_each_methods_default():
     flags = {s.flag: s for s in flag_settings()}
-    assert flags["--switch-epoch"].defaults == {"semi-amortized": (5, OURS), "search-supervised": (10, OURS)}
+    assert flags["--switch-epoch"].defaults == {"semi-amortized": (8, OURS), "search-supervised": (10, OURS)}
     assert set(flags["--heads"].defaults) == {"semi-amortized"}
     assert "--denoiser-snr" in flags and "--snr" not in flags and "--loss" not in flags  # --loss is an expert option
     help_text = build_parser()._subparsers._group_actions[0].choices["reconstruct"].format_help()
@@ -54,3 +57,23 @@ def test_a_bad_setting_is_one_error_line(argv, message, capsys):
     assert main(["reconstruct", "p.star", "-o", "run", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cryopose: error: ") and message in err[0], err
+
+
+def test_epochs_and_batch_default_to_the_methods_own(tmp_path):
+    """A run's length and batch are the method's unless given: semi-amortized 30 epochs of 8 particles,
+    search-supervised 20 of 32 (``MethodConfig.epochs`` / ``batch``), shown in ``--help``."""
+    simulate(SimulationConfig(source="demo", box=16, apix=6.0, n=8, snr=1.0), tmp_path)
+    dataset = ParticleDataset(read_particles(tmp_path / "particles.star"))
+
+    def run(**given):
+        config = _configuration(tmp_path / "particles.star", ReconstructOptions(**given), DataOptions(), dataset,
+                                None, 1)
+        return config["epochs"], config["batch"]
+
+    assert run() == (30, 8)
+    assert run(method="search-supervised") == (20, 32)
+    assert run(epochs=3, batch=5) == (3, 5)
+    help_text = build_parser()._subparsers._group_actions[0].choices["reconstruct"].format_help()
+    shown = " ".join(help_text.split()).replace("- ", "-")  # argparse wraps lines at hyphens
+    assert "total epochs [default: semi-amortized 30, search-supervised 20]" in shown
+    assert "[default: semi-amortized 8, search-supervised 32]" in shown

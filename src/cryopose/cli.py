@@ -113,8 +113,13 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="run directory")
     p.add_argument("--method", default="semi-amortized", choices=["semi-amortized", "search-supervised"],
                    help="reconstruction method")
-    p.add_argument("--epochs", type=int, default=20, help="total epochs")
-    p.add_argument("--batch", type=int, default=32, help="particles per batch (of the whole job under torchrun)")
+    from .methods.config import METHOD_CONFIGS  # no torch: --help stays fast
+
+    runs = {name: (kind.epochs, kind.batch) for name, kind in METHOD_CONFIGS.items()}
+    p.add_argument("--epochs", type=int, default=None, help="total epochs [default: " + ", ".join(
+        f"{name} {e}" for name, (e, _) in runs.items()) + "]")
+    p.add_argument("--batch", type=int, default=None, help="particles per batch (of the whole job under torchrun) "
+                   "[default: " + ", ".join(f"{name} {b}" for name, (_, b) in runs.items()) + "]")
     p.add_argument("--shifts", default="auto", choices=["auto", "on", "off"],
                    help="estimate in-plane shifts (auto: off only when the file's shifts are all zero)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

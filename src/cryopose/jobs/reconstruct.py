@@ -42,11 +42,11 @@ METHODS = {"semi-amortized": SemiAmortized, "search-supervised": SearchSupervise
 class ReconstructOptions:
     """What ``cryopose reconstruct`` runs (see its ``--help``). ``method_options`` are fields of the method's
     config (:class:`SemiAmortizedConfig`, :class:`SearchSupervisedConfig`); the rest keep the method's default.
-    ``batch`` is the batch of the whole job under torchrun."""
+    ``epochs`` and ``batch`` (of the whole job under torchrun) default to the method's (None)."""
 
     method: str = "semi-amortized"
-    epochs: int = 20
-    batch: int = 32
+    epochs: int | None = None
+    batch: int | None = None
     shifts: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -127,12 +127,14 @@ def _configuration(particles, options: ReconstructOptions, data: DataOptions, da
     if shifts == "auto":  # centred data (shift columns all zero) need no shift search; anything else does
         known = dataset.table.shifts_A
         shifts = "off" if known is not None and not np.any(known) else "on"
+    kind = METHOD_CONFIGS[options.method]
     try:
-        method_cfg = replace(METHOD_CONFIGS[options.method](**options.method_options), shifts=shifts == "on")
+        method_cfg = replace(kind(**options.method_options), shifts=shifts == "on")
     except TypeError as err:
         raise InputError(None, f"--method {options.method}: {err}") from None
-    return {"particles": str(Path(particles).resolve()), "method": options.method, "epochs": options.epochs,
-            "batch": options.batch, "box": dataset.box, "apix_A": dataset.pixel_size_A, "invert": data.invert,
+    return {"particles": str(Path(particles).resolve()), "method": options.method,
+            "epochs": options.epochs or kind.epochs, "batch": options.batch or kind.batch, "box": dataset.box,
+            "apix_A": dataset.pixel_size_A, "invert": data.invert,
             "seed": options.seed, "device": str(device), "num_workers": options.workers,
             "checkpoint_minutes": options.checkpoint_minutes,
             "reference": None if options.ref is None else str(Path(options.ref).resolve()),

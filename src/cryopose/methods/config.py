@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 PAPER, OURS = "paper", "ours"
 
@@ -31,7 +32,11 @@ def _override(base: type, name: str, default, source: str):
 
 @dataclass
 class MethodConfig:
-    """Settings both methods have (learning rates for Adam)."""
+    """Settings both methods have (learning rates for Adam). ``epochs`` and ``batch`` are the default length and
+    batch of a run of the method (the training loop's, ``cryopose reconstruct --epochs / --batch``)."""
+
+    epochs: ClassVar[int] = 20
+    batch: ClassVar[int] = 32
 
     switch_epoch: int = setting(5, "epoch of the switch from the first stage to the second (semi-amortized: from "
                                    "the encoder's poses to per-particle poses; search-supervised: from the search "
@@ -54,18 +59,21 @@ class MethodConfig:
 
 @dataclass
 class SemiAmortizedConfig(MethodConfig):
-    """cryoSPIN settings (:mod:`cryopose.methods.semi_amortized`)."""
+    """cryoSPIN settings (:mod:`cryopose.methods.semi_amortized`). Runs default to 30 epochs of 8 particles (ours:
+    the searches every other epoch bootstrap map and poses only with many volume steps between them)."""
 
-    switch_epoch: int = _override(MethodConfig, "switch_epoch", 5, OURS)
+    epochs: ClassVar[int] = 30
+    batch: ClassVar[int] = 8
+    switch_epoch: int = _override(MethodConfig, "switch_epoch", 8, OURS)
     heads: int = setting(7, "pose heads of the encoder", flag=True)
     lr_decoder_direct: float = setting(2e-3, "decoder learning rate after the switch")
     lr_pose: float = setting(0.05, "per-particle rotation learning rate after the switch (radians)", flag=True)
     lr_shift_px: float = setting(0.6, "per-particle shift learning rate after the switch (px)", OURS)
     pose_steps: int = setting(5, "pose steps per batch after the switch")
     band_ramp_epochs: int = setting(3, "epochs after the switch over which the band widens to Nyquist", OURS)
-    search_epochs: tuple[int, ...] = setting((3,), "epochs after the switch (0 = the first) in which every "
-                                                   "particle's pose is also searched globally on the SO(3) grid, "
-                                                   "keeping the better pose", OURS, flag=True)
+    search_epochs: tuple[int, ...] = setting(tuple(range(0, 21, 2)), "epochs after the switch (0 = the first) in "
+                                             "which every particle's pose is also searched globally on the SO(3) "
+                                             "grid, keeping the better pose", OURS, flag=True)
     search_width: int = setting(8, "cells kept per level by that search", OURS)
     search_depth: int = setting(4, "grid levels of that search", OURS)
     search_resolution_A: float | None = setting(10.0, "highest resolution scored at its first level (Å)", OURS)

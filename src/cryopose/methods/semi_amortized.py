@@ -17,8 +17,9 @@ each particle, the first time it is seen in the epoch, is also searched globally
 map (:func:`cryopose.methods.beam_search.beam_search` without its gradient steps, from the 576 cells of level 1
 scored up to ``search_resolution_A``, shifts searched locally around the particle's own) and keeps whichever of its
 current pose and the searched one fits its image better: poses far from the right basin cannot be repaired by local
-pose steps. The default searches once, when the band has widened to Nyquist (epoch ``band_ramp_epochs``); where
-stage 1 leaves no pose information, searching every other epoch lets map and poses bootstrap each other (README).
+pose steps. By default the search runs every other epoch from the switch for 20 epochs, with batches of 8 between:
+at SNR 0.1 the encoder's poses are random (``docs/methods.md``), and map and poses bootstrap each other only when the
+map takes many steps between searches.
 """
 
 from __future__ import annotations
