@@ -3,6 +3,10 @@
     python benchmarks/suite.py --preset cpu -o benchmarks/results/cpu                 # 4AKE, 2CG9, 6VXX at 64 px
     python benchmarks/suite.py --preset cpu --datasets 4AKE --tools oracle relion
     python benchmarks/suite.py --preset tiny -o /tmp/bench                              # smoke run, minutes
+    python benchmarks/suite.py --preset panel-small -o OUT --tools oracle semi-amortized  # the molecule panel
+
+The ``panel`` presets (``benchmarks/panel.py``) run cryopose with its default settings only, on six molecules
+unlike each other (asymmetric, pseudo-two-fold, globular, elongated, large maps and the built-in one).
 
 For each dataset of the preset it simulates the particles with ``cryopose simulate`` (kept between runs) and runs
 each tool in its own process, measured with ``os.wait4`` (wall, user + system CPU, peak resident memory):
@@ -41,15 +45,27 @@ from cryopose.evaluate.poses import pose_error
 from cryopose.io import read_particles
 from cryopose.io.mrc import read_map
 
-MODELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "models"
-DATASETS = {"4AKE": ("4AKE.pdb", 2.0), "2CG9": ("2CG9.pdb", 3.0), "6VXX": ("6VXX_biovia_export.pdb", 4.0)}
-PRESETS = {  # box, images, SNR, shift std (px) per variant, epochs of cryopose, RELION's SGD iterations
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATASETS = {  # name -> source (under ../shared/data, or the built-in 'demo'), pixel size at 64 px (Å), map's voxel
+    "4AKE": ("models/4AKE.pdb", 2.0, None), "2CG9": ("models/2CG9.pdb", 3.0, None),
+    "6VXX": ("models/6VXX_biovia_export.pdb", 4.0, None),
+    "4AKE-A": ("models/adk_open_4AKE_chainA_charmm.pdb", 2.0, None), "1AKE": ("models/1AKE.pdb", 2.0, None),
+    "70S": ("maps/clean70SRibosome_vol_65p.mrc", 5.0, 5.0),  # no voxel size in the header: 65 × 5 Å fits the 70S
+    "3J9G": ("maps/3j9g_potential_ps4_4.mrc", 4.4, None), "demo": ("demo", 1.5, None),
+}
+PANEL = ["4AKE-A", "1AKE", "2CG9", "70S", "3J9G", "demo"]
+PRESETS = {  # box, images, SNR, shift std (px) per variant, epochs of cryopose (None: the defaults, as every
+    # setting of the panel presets), RELION's SGD iterations
     "tiny": {"box": 32, "n": 1000, "snr": 0.1, "shifts": [0.0], "datasets": ["4AKE"], "apix_scale": 2.0,
              "epochs": 3, "relion_iter": (10, 20, 10)},
     "cpu": {"box": 64, "n": 10000, "snr": 0.1, "shifts": [0.0, 2.0], "datasets": ["4AKE", "2CG9"], "apix_scale": 1.0,
             "epochs": 6, "relion_iter": (50, 200, 50)},
     "gpu": {"box": 128, "n": 50000, "snr": 0.1, "shifts": [0.0, 2.0], "datasets": ["4AKE", "2CG9", "6VXX"],
             "apix_scale": 0.5, "epochs": 24, "relion_iter": (50, 200, 50)},
+    "panel": {"box": 64, "n": 10000, "snr": 0.1, "shifts": [2.0], "datasets": PANEL, "apix_scale": 1.0,
+              "epochs": None, "relion_iter": (50, 200, 50)},
+    "panel-small": {"box": 32, "n": 2000, "snr": 0.1, "shifts": [1.0], "datasets": PANEL, "apix_scale": 2.0,
+                    "epochs": None, "relion_iter": (50, 200, 50)},
 }
 TOOLS = ["oracle", "search-supervised", "semi-amortized", "relion", "cryodrgn"]
 
@@ -67,12 +83,13 @@ def measured(cmd: list[str], log: Path, cwd: Path | None = None) -> dict:
 
 
 def simulate(name: str, preset: dict, shift: float, root: Path) -> Path:
-    model, apix = DATASETS[name]
+    source, apix, map_apix = DATASETS[name]
     folder = root / "data" / f"{name}_{preset['box']}px{'_shifts' if shift else ''}"
     if not (folder / "particles.star").is_file():
-        cmd = ["cryopose", "simulate", str(MODELS / model), "-o", str(folder), "--box", str(preset["box"]),
-               "--apix", str(apix * preset["apix_scale"]), "--n", str(preset["n"]), "--snr", str(preset["snr"]),
-               "--force"] + (["--shift-std", str(shift)] if shift else [])
+        cmd = ["cryopose", "simulate", source if source == "demo" else str(SHARED / source), "-o", str(folder),
+               "--box", str(preset["box"]), "--apix", str(apix * preset["apix_scale"]), "--n", str(preset["n"]),
+               "--snr", str(preset["snr"]), "--force"] + (["--shift-std", str(shift)] if shift else []) + \
+            (["--map-apix", str(map_apix)] if map_apix else [])
         folder.mkdir(parents=True, exist_ok=True)
         record = measured(cmd, folder.parent / f"{folder.name}.log")
         if record["returncode"]:
@@ -90,11 +107,12 @@ def run_oracle(data: Path, out: Path, preset: dict) -> tuple[dict, list[tuple[fl
 def run_cryopose(method: str):
     def run(data: Path, out: Path, preset: dict) -> tuple[dict, list[tuple[float, Path]], Path | None]:
         out.mkdir(parents=True, exist_ok=True)
-        epochs = str(preset["epochs"])
-        stage = ["--switch-epoch", epochs, "--denoiser-factor", "0"] if method == "search-supervised" else \
-            ["--switch-epoch", str(preset["epochs"] // 2), "--search-epochs", "0"]
+        epochs = preset["epochs"]
+        settings = [] if epochs is None else ["--epochs", str(epochs)] + (
+            ["--switch-epoch", str(epochs), "--denoiser-factor", "0"] if method == "search-supervised" else
+            ["--switch-epoch", str(epochs // 2), "--search-epochs", "0"])
         cmd = ["cryopose", "reconstruct", str(data / "particles.star"), "-o", str(out / "run"), "--method", method,
-               "--epochs", epochs, "--force", "--halves"] + stage
+               "--force", "--halves"] + settings
         record = measured(cmd, out / "tool.log")
         log = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines()] \
             if (out / "run" / "log.jsonl").is_file() else []
@@ -220,7 +238,7 @@ def plot(records: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=list(PRESETS), default="cpu")
     parser.add_argument("-o", "--output", type=Path, required=True)
@@ -228,7 +246,7 @@ def main() -> None:
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=TOOLS)
     parser.add_argument("--shifts", nargs="+", type=float, default=None, help="shift std (px) of each variant")
     parser.add_argument("--cryodrgn", type=Path, default=Path("peers/cryodrgn"), help="cryoDRGN's venv")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     runners = {"oracle": run_oracle, "search-supervised": run_cryopose("search-supervised"),
                "semi-amortized": run_cryopose("semi-amortized"), "relion": run_relion,
