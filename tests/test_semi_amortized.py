@@ -140,7 +140,7 @@ def test_a_search_that_replaces_a_pose_forgets_its_adam_moments(tmp_path):
     index = torch.arange(len(dataset))
     batch = dataset.__getitems__(index.numpy())
     target = target_spectra(batch["images"], method.sigma, method.mask_index)
-    method._search(batch, target, index, method.volume.hartley().detach())
+    method.search(batch, target, index, method.volume.hartley().detach())
     truth = torch.as_tensor(table.rotations, dtype=torch.float32)
     found = roma.rotmat_geodesic_distance(method.table.all_rotations(), truth) < math.radians(10)
     assert float(found.float().mean()) > 0.8  # the search finds the poses
@@ -148,7 +148,7 @@ def test_a_search_that_replaces_a_pose_forgets_its_adam_moments(tmp_path):
     for moments in method.opt_pose.exp_avg + method.opt_pose.exp_avg_sq:
         moments.fill_(1.0)
     method.opt_pose.steps.fill_(7)
-    method._search(batch, target, index, method.volume.hartley().detach())  # particle 0 is where it was found
+    method.search(batch, target, index, method.volume.hartley().detach())  # particle 0 is where it was found
     assert method.opt_pose.steps.tolist() == [7] + [0] * (len(dataset) - 1)
     assert float(method.opt_pose.exp_avg[0][1:].abs().sum()) == 0.0
     assert float(method.opt_pose.exp_avg[0][0].abs().sum()) > 0
