@@ -107,8 +107,8 @@ def test_semi_amortized_search_replaces_wrong_poses(tmp_path):
     dataset = ParticleDataset(table)
     batch = dataset.__getitems__(np.arange(64))
     sigma = noise_sigma(batch["images"])
-    cfg = SemiAmortizedConfig(heads=2, encoder="light", search_epochs=(1,), pose_steps=1, lr_decoder_direct=0.0,
-                              resolution_start_A=None)  # the whole band at the switch
+    cfg = SemiAmortizedConfig(heads=2, encoder="light", search_epochs=(1,), marginal_epochs=0, pose_steps=1,
+                              lr_decoder_direct=0.0, resolution_start_A=None)  # the whole band at the switch
     method = SemiAmortized(cfg, 64, 32, table.apix, sigma, torch.device("cpu"))
     truth = torch.tensor(np.array(read_map(tmp_path / "ground_truth.mrc").data), dtype=torch.float64)
     method.volume.set_hartley(hartley3_centered(truth) / (dataset.std * sigma))  # normalised, whitened units

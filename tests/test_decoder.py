@@ -29,18 +29,20 @@ def test_band_grows_from_the_start_resolution_to_nyquist_and_limits_the_map():
 
 
 def test_band_held_through_stage_1_then_widened_and_restored_from_a_checkpoint():
-    """Semi-amortized holds the start band until the switch (the encoder learns nothing under the whole band),
-    then widens it; a checkpoint carries the band, so a resumed finished run writes the same map."""
+    """Semi-amortized holds the start band until the switch (the encoder learns nothing under the whole band) and
+    through the marginal epochs, then widens it; a checkpoint carries the band, so a resumed finished run writes
+    the same map."""
     from cryopose.methods.semi_amortized import SemiAmortized, SemiAmortizedConfig
 
-    cfg = SemiAmortizedConfig(heads=2, switch_epoch=3, band_ramp_epochs=2, resolution_start_A=32.0, encoder_box=32)
+    cfg = SemiAmortizedConfig(heads=2, switch_epoch=3, marginal_epochs=2, band_ramp_epochs=2, resolution_start_A=32.0,
+                              encoder_box=32)
     method = SemiAmortized(cfg, 10, 32, 4.0, 1.0, torch.device("cpu"))
     radii = []
-    for epoch in range(6):
+    for epoch in range(8):
         method.begin_epoch(epoch)
         radii.append(method.radius)
-    assert radii == pytest.approx([4.0, 4.0, 4.0, 4.0, 10.0, 16.0])
-    method.begin_epoch(4)
+    assert radii == pytest.approx([4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 10.0, 16.0])
+    method.begin_epoch(6)
     restored = SemiAmortized(cfg, 10, 32, 4.0, 1.0, torch.device("cpu"), seed=1)
     restored.load_state_dict(method.state_dict())
     assert restored.radius == pytest.approx(10.0)

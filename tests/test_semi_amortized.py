@@ -152,3 +152,20 @@ def test_a_search_that_replaces_a_pose_forgets_its_adam_moments(tmp_path):
     assert method.opt_pose.steps.tolist() == [7] + [0] * (len(dataset) - 1)
     assert float(method.opt_pose.exp_avg[0][1:].abs().sum()) == 0.0
     assert float(method.opt_pose.exp_avg[0][0].abs().sum()) > 0
+
+
+def test_a_marginal_step_weights_the_volume_step_by_each_images_posterior_over_the_grid(tmp_path):
+    """In a ``marginal`` epoch each image is scored at the 4,608 rotations of grid level 2 (about 15° apart) under
+    the current map within the band (20 Å); the volume steps on the posterior-weighted loss and the particle takes
+    its most probable rotation. Under the true map (SNR 1) that rotation is near the truth, and the posterior is
+    spread over several rotations (its best holds less than all)."""
+    cfg = SemiAmortizedConfig(heads=2, switch_epoch=0, marginal_epochs=1)
+    method, dataset, table = _with_true_map(tmp_path, cfg)
+    assert [method.stage(e) for e in (0, 1)] == ["marginal", "direct"] and len(method.grid) == 4608
+    index = torch.arange(len(dataset))
+    before = method.volume.hartley().detach().clone()
+    method.step({**dataset.__getitems__(index.numpy()), "index": index})
+    error = roma.rotmat_geodesic_distance(method.table.all_rotations(), torch.as_tensor(table.rotations).float())
+    assert float(torch.rad2deg(error).median()) < 12
+    assert 0.1 < method.end_epoch(0)["top_posterior"] < 0.9
+    assert not torch.equal(before, method.volume.hartley().detach())

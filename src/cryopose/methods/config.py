@@ -60,7 +60,8 @@ class MethodConfig:
 @dataclass
 class SemiAmortizedConfig(MethodConfig):
     """cryoSPIN settings (:mod:`cryopose.methods.semi_amortized`). Runs default to 30 epochs of 8 particles (ours:
-    the searches every other epoch bootstrap map and poses only with many volume steps between them)."""
+    the marginal epochs and the searches every other epoch after them bootstrap map and poses only with many volume
+    steps in between)."""
 
     epochs: ClassVar[int] = 30
     batch: ClassVar[int] = 8
@@ -71,12 +72,16 @@ class SemiAmortizedConfig(MethodConfig):
     lr_shift_px: float = setting(0.6, "per-particle shift learning rate after the switch (px)", OURS)
     pose_steps: int = setting(5, "pose steps per batch after the switch")
     band_ramp_epochs: int = setting(3, "epochs after the switch over which the band widens to Nyquist", OURS)
-    search_epochs: tuple[int, ...] = setting(tuple(range(0, 21, 2)), "epochs after the switch (0 = the first) in "
+    search_epochs: tuple[int, ...] = setting(tuple(range(6, 21, 2)), "epochs after the switch (0 = the first) in "
                                              "which every particle's pose is also searched globally on the SO(3) "
                                              "grid, keeping the better pose", OURS, flag=True)
     search_width: int = setting(8, "cells kept per level by that search", OURS)
     search_depth: int = setting(4, "grid levels of that search", OURS)
     search_resolution_A: float | None = setting(10.0, "highest resolution scored at its first level (Å)", OURS)
+    marginal_epochs: int = setting(6, "epochs after the switch in which each image is marginalised over the grid's "
+                                      "rotations (soft assignment) instead of given one pose", OURS, flag=True)
+    marginal_level: int = setting(2, "grid level of those rotations (2: 4,608, about 15° apart)", OURS)
+    marginal_keep: int = setting(32, "most probable rotations per image the volume step is weighted over", OURS)
 
 
 @dataclass

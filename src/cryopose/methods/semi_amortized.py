@@ -4,7 +4,13 @@ Stage ``amortized`` (epochs < ``switch_epoch``): a multi-head encoder proposes H
 rendered in one call (slice → CTF → shift) from the explicit Hartley volume and the winner-takes-all loss
 ``min_h L(y, ŷ_h)`` trains encoder and volume. Stage ``direct``: each particle starts from the pose of its best
 head (as last evaluated, in the final amortized epoch) and its axis-angle perturbation and shift are optimised
-with a per-particle Adam (``pose_steps`` steps), then the volume takes one step, for every batch.
+with a per-particle Adam (``pose_steps`` steps), then the volume takes one step, for every batch. Its first
+``marginal_epochs`` epochs (stage ``marginal``; ours, not in the paper) marginalise each image over the rotations of
+grid level ``marginal_level`` instead: every rotation is scored under the current map within the band (held at
+``resolution_start_A`` through them), and the volume steps on the loss weighted by the posterior of the
+``marginal_keep`` most probable ones (RELION's soft assignment, as its initial model does); a particle's pose is its
+most probable rotation. Hard assignment from a map that knows nothing cannot start where a low-resolution map holds
+little pose information (small, globular particles at SNR 0.1; ``docs/methods.md``).
 
 The loss band is held at ``resolution_start_A`` (default 20 Å) through stage 1 and widens to Nyquist over the
 ``band_ramp_epochs`` epochs after the switch. Not in the paper, whose reference code fits unwhitened spectra (low
@@ -17,9 +23,9 @@ each particle, the first time it is seen in the epoch, is also searched globally
 map (:func:`cryopose.methods.beam_search.beam_search` without its gradient steps, from the 576 cells of level 1
 scored up to ``search_resolution_A``, shifts searched locally around the particle's own) and keeps whichever of its
 current pose and the searched one fits its image better: poses far from the right basin cannot be repaired by local
-pose steps. By default the search runs every other epoch from the switch for 20 epochs, with batches of 8 between:
-at SNR 0.1 the encoder's poses are random (``docs/methods.md``), and map and poses bootstrap each other only when the
-map takes many steps between searches.
+pose steps. By default 6 marginal epochs follow the switch, then the search runs every other epoch until 20 epochs
+after it, with batches of 8: at SNR 0.1 the encoder's poses are random (``docs/methods.md``), and map and poses
+bootstrap each other only when the map takes many steps between searches.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..geometry.so3_grid import cell_quaternions, quaternion_to_matrix
 from ..models.poses import PoseTable, RowAdam
 from .autoencoder import EncoderDecoder
 from .beam_search import BeamSearchConfig, beam_search
@@ -51,17 +58,22 @@ class SemiAmortized(EncoderDecoder):
         self.searched_at = torch.full((n_particles,), -1, dtype=torch.long, device=device)  # epoch, −1: never
         self.epoch = 0
         self.wins = torch.zeros(cfg.heads, dtype=torch.long, device=device)
+        self.top_weight = torch.zeros(2, device=device)  # summed posterior of the best rotation, and images
+        self.grid = quaternion_to_matrix(cell_quaternions(cfg.marginal_level, device=device)) \
+            if cfg.marginal_epochs else None  # (C, 3, 3) rotations marginalised over
         self.table: PoseTable | None = None
         self.opt_pose: RowAdam | None = None
 
     # -------------------------------------------------------------------------------------------- loop hooks
     def stage(self, epoch: int) -> str:
-        return "amortized" if epoch < self.cfg.switch_epoch else "direct"
+        if epoch < self.cfg.switch_epoch:
+            return "amortized"
+        return "marginal" if epoch < self.cfg.switch_epoch + self.cfg.marginal_epochs else "direct"
 
     def begin_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.set_band(epoch, self.cfg.band_ramp_epochs, hold_epochs=self.cfg.switch_epoch)
-        if self.stage(epoch) == "direct" and self.table is None:
+        self.set_band(epoch, self.cfg.band_ramp_epochs, hold_epochs=self.cfg.switch_epoch + self.cfg.marginal_epochs)
+        if self.stage(epoch) != "amortized" and self.table is None:
             self.switch()
 
     def switch(self) -> None:
@@ -75,6 +87,8 @@ class SemiAmortized(EncoderDecoder):
         target = target_spectra(batch["images"], self.sigma, self.mask_index)
         if self.table is None:
             return self._amortized_step(batch, target)
+        if self.stage(self.epoch) == "marginal":
+            return self._marginal_step(batch, target)
         return self._direct_step(batch, target)
 
     def _amortized_step(self, batch: dict, target: Tensor) -> dict[str, float]:
@@ -122,6 +136,28 @@ class SemiAmortized(EncoderDecoder):
         self.opt_pose.reset(index[replaced])  # the moments of a pose the particle left
         self.searched_at[index] = self.epoch
 
+    def _marginal_step(self, batch: dict, target: Tensor) -> dict[str, float]:
+        """Volume step on the posterior-weighted loss over the grid's rotations (module doc)."""
+        index = batch["index"].to(self.device)
+        shifts = self.table.shift[index][:, None] if self.cfg.shifts else None
+        with torch.no_grad():
+            volume = self.volume.hartley()
+            costs = torch.cat([self.pose_loss(part.expand(len(index), -1, 3, 3), shifts, batch, target, volume)
+                               for part in self.grid[None].split(1024, dim=1)], 1)  # (B, C)
+            # the loss averages ½|Y − Ŷ|² over the M coefficients of the disc, each independent one twice (Y is
+            # Hermitian): the log-likelihood in nats is −M · loss
+            top = (-costs * len(self.mask_index)).topk(self.cfg.marginal_keep, dim=1)
+            weights = torch.softmax(top.values, 1)  # (B, K) posterior over the kept rotations
+        loss = (self.pose_loss(self.grid[top.indices], shifts, batch, target, self.field()) * weights).sum(1).mean()
+        self.opt_volume.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_volume.step()
+        with torch.no_grad():
+            self.table.base[index], self.table.rotvec[index] = self.grid[top.indices[:, 0]], 0.0
+            self.opt_pose.reset(index)
+            self.top_weight += torch.stack([weights[:, 0].sum(), torch.tensor(float(len(index)), device=self.device)])
+        return {"loss": loss.item()}
+
     def _direct_step(self, batch: dict, target: Tensor) -> dict[str, float]:
         index = batch["index"].to(self.device)
         volume = self.volume.hartley().detach()
@@ -143,6 +179,10 @@ class SemiAmortized(EncoderDecoder):
         return {"loss": loss.item()}
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
+        if self.stage(epoch) == "marginal":  # how soft the assignment was: 1 is hard
+            share = float(self.top_weight[0] / self.top_weight[1].clamp(min=1))
+            self.top_weight.zero_()
+            return {"top_posterior": round(share, 4)}
         if self.stage(epoch) != "amortized":
             return {}
         share = (self.wins.float() / self.wins.sum().clamp(min=1)).tolist()
@@ -168,11 +208,11 @@ class SemiAmortized(EncoderDecoder):
         return rows
 
     def counters(self) -> list[Tensor]:
-        return [self.wins]
+        return [self.wins, self.top_weight]
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "best_rotations": self.best_rotations, "best_shifts": self.best_shifts,
-                "wins": self.wins, "searched_at": self.searched_at,
+                "wins": self.wins, "top_weight": self.top_weight, "searched_at": self.searched_at,
                 "table": None if self.table is None else self.table.state_dict(),
                 "opt_pose": None if self.opt_pose is None else self.opt_pose.state_dict()}
 
@@ -181,6 +221,7 @@ class SemiAmortized(EncoderDecoder):
         self.best_shifts.copy_(state["best_shifts"])
         self.searched_at.copy_(state["searched_at"])
         self.wins.copy_(state["wins"])
+        self.top_weight.copy_(state.get("top_weight", torch.zeros(2)))  # checkpoints from before marginal epochs
         if state["table"] is not None:
             self.switch()
             self.table.load_state_dict(state["table"])
