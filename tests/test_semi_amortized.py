@@ -65,18 +65,18 @@ def test_direct_stage_from_a_20A_map_finds_the_poses_and_sharpens_the_map(tmp_pa
 
 @pytest.mark.slow
 def test_both_stages_from_nothing_reach_the_poses_by_repeated_searches(tmp_path):
-    """The whole job from a random start. Stage 1 (8 epochs, 1,000 steps) fits a 20 Å map but its encoder learns
-    no poses (median ~125°, as random); after the switch, a global search every other epoch re-poses the
-    particles under a map that each search and the pose and volume steps in between sharpen. Measured on one
-    thread (data seeds 2 / 3): 21.9 / 21.7 Å and 125° / 125° at the switch; medians after the searches 81, 29, 21,
-    16, 12° and at the end 11.2° / 13.2° (43 % / 37 % within 10°), maps 8.2 / 8.4 Å; seed 2 on two threads (other
-    rounding, another path): 14.5°, 27 %, 9.0 Å. With the default single search (8 + 6 epochs) the median ended
-    at 98°."""
+    """The whole job from a random start, without marginal epochs. Stage 1 (8 epochs, 1,000 steps) fits a 20 Å map
+    but its encoder learns no poses (median ~125°, as random); after the switch, a global search every other epoch
+    re-poses the particles under a map that each search and the pose and volume steps in between sharpen. Measured
+    on one thread (data seeds 2 / 3): 21.9 / 21.7 Å and 125° / 125° at the switch; medians after the searches 81,
+    29, 21, 16, 12° and at the end 11.2° / 13.2° (43 % / 37 % within 10°), maps 8.2 / 8.4 Å; seed 2 on two threads
+    (other rounding, another path): 14.5°, 27 %, 9.0 Å. With a single search (8 + 6 epochs) the median ended at
+    98°."""
     data, run = tmp_path / "data", tmp_path / "run"
     simulate(SimulationConfig(source="demo", box=32, apix=3.0, n=1000, snr=0.5, seed=2), data)
     reconstruct(data / "particles.star", run, ReconstructOptions(
         epochs=20, batch=8, ref=data / "ground_truth.mrc", relax_symmetry=False,
-        method_options={"switch_epoch": 8, "search_epochs": (0, 2, 4, 6, 8)}))
+        method_options={"switch_epoch": 8, "marginal_epochs": 0, "search_epochs": (0, 2, 4, 6, 8)}))
     records = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
     switch, last = records[7], records[-1]
     assert switch["stage"] == "amortized" and last["stage"] == "direct"
@@ -169,3 +169,16 @@ def test_a_marginal_step_weights_the_volume_step_by_each_images_posterior_over_t
     assert float(torch.rad2deg(error).median()) < 12
     assert 0.1 < method.end_epoch(0)["top_posterior"] < 0.9
     assert not torch.equal(before, method.volume.hartley().detach())
+
+
+@pytest.mark.parametrize("marginal_epochs", [0, 2])
+def test_marginal_epochs_start_the_shifts_at_the_picked_centres(marginal_epochs):
+    """The marginal epochs replace the encoder's poses, shifts included: after the switch the particles' shifts are
+    zero with them, the best heads' without."""
+    cfg = SemiAmortizedConfig(heads=2, switch_epoch=1, marginal_epochs=marginal_epochs, shifts=True)
+    method = SemiAmortized(cfg, 6, 32, 3.0, 1.0, torch.device("cpu"))
+    method.best_shifts.copy_(torch.arange(12.0).view(6, 2))
+    method.begin_epoch(1)
+    expected = torch.zeros(6, 2) if marginal_epochs else torch.arange(12.0).view(6, 2)
+    assert torch.equal(method.table.shift, expected)
+    assert method.stage(1) == ("marginal" if marginal_epochs else "direct")

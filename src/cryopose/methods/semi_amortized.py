@@ -4,28 +4,30 @@ Stage ``amortized`` (epochs < ``switch_epoch``): a multi-head encoder proposes H
 rendered in one call (slice → CTF → shift) from the explicit Hartley volume and the winner-takes-all loss
 ``min_h L(y, ŷ_h)`` trains encoder and volume. Stage ``direct``: each particle starts from the pose of its best
 head (as last evaluated, in the final amortized epoch) and its axis-angle perturbation and shift are optimised
-with a per-particle Adam (``pose_steps`` steps), then the volume takes one step, for every batch. Its first
-``marginal_epochs`` epochs (stage ``marginal``; ours, not in the paper) marginalise each image over the rotations of
-grid level ``marginal_level`` instead: every rotation is scored under the current map within the band (held at
-``resolution_start_A`` through them), and the volume steps on the loss weighted by the posterior of the
-``marginal_keep`` most probable ones (RELION's soft assignment, as its initial model does); a particle's pose is its
-most probable rotation. Hard assignment from a map that knows nothing cannot start where a low-resolution map holds
-little pose information (small, globular particles at SNR 0.1; ``docs/methods.md``).
+with a per-particle Adam (``pose_steps`` steps), then the volume takes one step, for every batch.
+
+Stage ``marginal`` (the first ``marginal_epochs`` epochs after the switch; ours, not in the paper): each image is
+marginalised over the rotations of grid level ``marginal_level`` instead: every rotation is scored under the current
+map within the band (held at ``resolution_start_A`` through them), and the volume steps on the loss weighted by the
+posterior of the ``marginal_keep`` most probable ones (RELION's soft assignment, as its initial model does); a
+particle's pose is its most probable rotation, its shift the picked centre until the searches after them. Hard
+assignment from a map that knows nothing cannot start where a low-resolution map holds little pose information
+(small, globular particles at SNR 0.1; ``docs/methods.md``).
 
 The loss band is held at ``resolution_start_A`` (default 20 Å) through stage 1 and widens to Nyquist over the
-``band_ramp_epochs`` epochs after the switch. Not in the paper, whose reference code fits unwhitened spectra (low
-frequencies dominate its loss); on whitened spectra every coefficient counts alike, and an encoder trained on the
-whole band learns nothing: under the true map, noise-free demo data (32 px, 10,000 images, 7 heads, 6 epochs),
-median pose error 108° (whole band) vs 50° (20 Å band, still falling).
+``band_ramp_epochs`` epochs after the switch (after the marginal epochs). Not in the paper, whose reference code fits
+unwhitened spectra (low frequencies dominate its loss); on whitened spectra every coefficient counts alike, and an
+encoder trained on the whole band learns nothing: under the true map, noise-free demo data (32 px, 10,000 images,
+7 heads, 6 epochs), median pose error 108° (whole band) vs 50° (20 Å band, still falling).
 
-In the epochs listed in ``search_epochs`` (counted from the switch, 0 = the first direct epoch; not in the paper)
-each particle, the first time it is seen in the epoch, is also searched globally on the Hopf grid under the current
-map (:func:`cryopose.methods.beam_search.beam_search` without its gradient steps, from the 576 cells of level 1
-scored up to ``search_resolution_A``, shifts searched locally around the particle's own) and keeps whichever of its
-current pose and the searched one fits its image better: poses far from the right basin cannot be repaired by local
-pose steps. By default 6 marginal epochs follow the switch, then the search runs every other epoch until 20 epochs
-after it, with batches of 8: at SNR 0.1 the encoder's poses are random (``docs/methods.md``), and map and poses
-bootstrap each other only when the map takes many steps between searches.
+In the epochs listed in ``search_epochs`` (counted from the switch, 0 = the first epoch after it; not in the paper,
+and not in marginal epochs) each particle, the first time it is seen in the epoch, is also searched globally on the
+Hopf grid under the current map (:func:`cryopose.methods.beam_search.beam_search` without its gradient steps, from
+the 576 cells of level 1 scored up to ``search_resolution_A``, shifts searched locally around the particle's own)
+and keeps whichever of its current pose and the searched one fits its image better: poses far from the right basin
+cannot be repaired by local pose steps. By default 6 marginal epochs follow the switch, then the search runs every
+other epoch until 20 epochs after it, with batches of 8: at SNR 0.1 the encoder's poses are random
+(``docs/methods.md``), and map and poses bootstrap each other only when the map takes many steps between searches.
 """
 
 from __future__ import annotations
@@ -77,8 +79,10 @@ class SemiAmortized(EncoderDecoder):
             self.switch()
 
     def switch(self) -> None:
-        """Start auto-decoding: per-particle poses from the best heads, a new pose optimiser, lower decoder lr."""
-        self.table = PoseTable(self.best_rotations, self.best_shifts).to(self.device)
+        """Start auto-decoding: per-particle poses from the best heads, a new pose optimiser, lower decoder lr.
+        Marginal epochs replace the encoder's poses, so its shifts too: they start at the picked centres (zero)."""
+        shifts = torch.zeros_like(self.best_shifts) if self.cfg.marginal_epochs else self.best_shifts
+        self.table = PoseTable(self.best_rotations, shifts).to(self.device)
         self.opt_pose = RowAdam([self.table.rotvec, self.table.shift],
                                 lr=[self.cfg.lr_pose, self.cfg.lr_shift_px * self.apix])
         self.set_lr(self.cfg.lr_decoder_direct)
@@ -139,7 +143,7 @@ class SemiAmortized(EncoderDecoder):
     def _marginal_step(self, batch: dict, target: Tensor) -> dict[str, float]:
         """Volume step on the posterior-weighted loss over the grid's rotations (module doc)."""
         index = batch["index"].to(self.device)
-        shifts = self.table.shift[index][:, None] if self.cfg.shifts else None
+        shifts = None  # the particles' shifts stay at the picked centres through the marginal epochs (switch)
         with torch.no_grad():
             volume = self.volume.hartley()
             costs = torch.cat([self.pose_loss(part.expand(len(index), -1, 3, 3), shifts, batch, target, volume)
