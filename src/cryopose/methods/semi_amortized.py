@@ -10,8 +10,8 @@ Stage ``marginal`` (the first ``marginal_epochs`` epochs after the switch; ours,
 marginalised over the rotations of grid level ``marginal_level`` instead: every rotation is scored under the current
 map within the band (held at ``resolution_start_A`` through them), and the volume steps on the loss weighted by the
 posterior of the ``marginal_keep`` most probable ones (RELION's soft assignment, as its initial model does); a
-particle's pose is its most probable rotation, its shift the picked centre until the searches after them. Hard
-assignment from a map that knows nothing cannot start where a low-resolution map holds little pose information
+particle's pose is its most probable rotation, its shift (from the picked centre) the best of a local search there.
+Hard assignment from a map that knows nothing cannot start where a low-resolution map holds little pose information
 (small, globular particles at SNR 0.1; ``docs/methods.md``).
 
 The loss band is held at ``resolution_start_A`` (default 20 Å) through stage 1 and widens to Nyquist over the
@@ -39,7 +39,7 @@ from torch import Tensor
 from ..geometry.so3_grid import cell_quaternions, quaternion_to_matrix
 from ..models.poses import PoseTable, RowAdam
 from .autoencoder import EncoderDecoder
-from .beam_search import BeamSearchConfig, beam_search
+from .beam_search import BeamSearchConfig, beam_search, shift_search
 from .config import SemiAmortizedConfig
 from .losses import target_spectra
 
@@ -143,21 +143,32 @@ class SemiAmortized(EncoderDecoder):
     def _marginal_step(self, batch: dict, target: Tensor) -> dict[str, float]:
         """Volume step on the posterior-weighted loss over the grid's rotations (module doc)."""
         index = batch["index"].to(self.device)
-        shifts = None  # the particles' shifts stay at the picked centres through the marginal epochs (switch)
+        shifts = self.table.shift[index] if self.cfg.shifts else None  # (B, 2) Å; the picked centres at first
         with torch.no_grad():
             volume = self.volume.hartley()
-            costs = torch.cat([self.pose_loss(part.expand(len(index), -1, 3, 3), shifts, batch, target, volume)
+
+            def cost(rotations: Tensor, radius: float | None = None, shifts: Tensor | None = None) -> Tensor:
+                return self.pose_loss(rotations, shifts, batch, target, volume, radius)
+
+            at = None if shifts is None else shifts[:, None]
+            costs = torch.cat([cost(part.expand(len(index), -1, 3, 3), shifts=at)
                                for part in self.grid[None].split(1024, dim=1)], 1)  # (B, C)
             # the loss averages ½|Y − Ŷ|² over the M coefficients of the disc, each independent one twice (Y is
             # Hermitian): the log-likelihood in nats is −M · loss
             top = (-costs * len(self.mask_index)).topk(self.cfg.marginal_keep, dim=1)
             weights = torch.softmax(top.values, 1)  # (B, K) posterior over the kept rotations
-        loss = (self.pose_loss(self.grid[top.indices], shifts, batch, target, self.field()) * weights).sum(1).mean()
+            if shifts is not None:  # shifts stay hard: searched locally at the most probable rotation
+                search = BeamSearchConfig(shift_step=self.apix, shift_limit=self.encoder.max_shift_A)
+                shifts, _ = shift_search(cost, self.grid[top.indices[:, 0]], shifts, search)
+                at = shifts[:, None]
+        loss = (self.pose_loss(self.grid[top.indices], at, batch, target, self.field()) * weights).sum(1).mean()
         self.opt_volume.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_volume.step()
         with torch.no_grad():
             self.table.base[index], self.table.rotvec[index] = self.grid[top.indices[:, 0]], 0.0
+            if shifts is not None:
+                self.table.shift[index] = shifts
             self.opt_pose.reset(index)
             self.top_weight += torch.stack([weights[:, 0].sum(), torch.tensor(float(len(index)), device=self.device)])
         return {"loss": loss.item()}
