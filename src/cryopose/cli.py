@@ -227,7 +227,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=2000, help="number of particles")
     p.add_argument("--box", type=int, default=32, help="box (px)")
     p.add_argument("--apix", type=float, default=3.0, help="pixel size (Å)")
-    p.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio")
+    p.add_argument("--snr", type=float, default=0.5, help="signal-to-noise ratio (at 0.1 the default ab initio run "
+                   "does not find the poses of this small, globular molecule: docs/methods.md)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--force", action="store_true", help="overwrite an earlier demo in the folder")
     p.set_defaults(job="demo")

@@ -15,7 +15,7 @@ from .evaluate import evaluate_run
 from .reconstruct import ReconstructOptions, reconstruct
 
 
-def demo(out: str | os.PathLike, *, n: int = 2000, box: int = 32, apix: float = 3.0, snr: float = 0.1,
+def demo(out: str | os.PathLike, *, n: int = 2000, box: int = 32, apix: float = 3.0, snr: float = 0.5,
          seed: int = 0, force: bool = False) -> dict:
     """Run the demo into ``out``: ``sim/`` (data and truth), ``oracle/`` (the map from the true poses) and ``run/``
     (the default ab initio run, its evaluation and ``report.html``); returns the summary."""
