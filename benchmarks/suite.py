@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     results = args.output / "results.json"
     records = json.loads(results.read_text()) if results.is_file() else []
     machine = f"{platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or None
     for name in args.datasets or preset["datasets"]:
         for shift in preset["shifts"] if args.shifts is None else args.shifts:
             label = f"{name}{' shifts' if shift else ''}"
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
                 if "skipped" not in record:
                     record.update(evaluate(data, timeline, poses))
                 record.update(dataset=label, tool=tool, preset=args.preset, date=str(date.today()), machine=machine,
-                              python=sys.version.split()[0], torch=torch.__version__)
+                              commit=commit, python=sys.version.split()[0], torch=torch.__version__)
                 records = [r for r in records if (r["dataset"], r["tool"]) != (label, tool)] + [record]
                 results.write_text(json.dumps(records, indent=1))
                 print(f"  {json.dumps({k: record.get(k) for k in ('wall_s', 'final_resolution_A', 'skipped')})}",
