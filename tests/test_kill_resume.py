@@ -16,8 +16,8 @@ from conftest import checkpointed_loop, wait_for_mid_epoch_checkpoint
 from cryopose.io.mrc import read_map
 from cryopose.simulation.simulate import SimulationConfig, simulate
 
-ARGS = ["--epochs", "5", "--switch-epoch", "2", "--heads", "2", "--batch", "16", "--device", "cpu",
-        "--checkpoint-minutes", "0.002"]
+ARGS = ["--epochs", "5", "--switch-epoch", "2", "--marginal-epochs", "1", "--heads", "2", "--batch", "16",
+        "--device", "cpu", "--checkpoint-minutes", "0.002"]  # epochs: 2 amortized, 1 marginal, 2 direct
 
 
 @pytest.fixture(scope="module")

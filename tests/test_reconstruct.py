@@ -41,7 +41,7 @@ def test_run_directory_outputs_and_resume(tiny, tmp_path):
     assert len(poses) == 96 and poses.rotations is not None
     np.testing.assert_allclose(np.linalg.det(poses.rotations), 1.0, atol=1e-5)
     records = _epochs(run)
-    assert [r["stage"] for r in records] == ["amortized", "direct"]
+    assert [r["stage"] for r in records] == ["amortized", "marginal"]
     assert all(np.isfinite(r["resolution_0.5_A"]) and r["resolution_0.5_A"] >= 6.0 for r in records)
     assert all(r["peak_rss_MB"] > 100 for r in records)  # torch alone takes more
     assert len(records[0]["head_share"]) == 3 and sum(records[0]["head_share"]) == pytest.approx(1.0, abs=1e-3)
@@ -76,7 +76,7 @@ def test_a_copy_taken_at_the_switch_can_continue_stage_1(tiny, tmp_path):
     assert [r["stage"] for r in _epochs(branch)] == ["amortized", "amortized"]
     assert json.loads((branch / "config.json").read_text())["options"]["switch_epoch"] == 2
     reconstruct(tiny / "particles.star", trunk, ReconstructOptions(epochs=2, batch=16), resume=True)
-    assert [r["stage"] for r in _epochs(trunk)] == ["amortized", "direct"]
+    assert [r["stage"] for r in _epochs(trunk)] == ["amortized", "marginal"]
     with pytest.raises(InputError, match="the switch cannot move from 1 to 3 epochs"):
         reconstruct(tiny / "particles.star", trunk, ReconstructOptions(epochs=3, batch=16, method_options={"switch_epoch": 3}),
                     resume=True)

@@ -39,7 +39,7 @@ def test_direct_stage_from_a_20A_map_finds_the_poses_and_sharpens_the_map(tmp_pa
     stats = dataset.__getitems__(np.arange(256))
     sigma = noise_sigma(stats["images"])
     init_rms = signal_shell_rms(stats["images"], stats["ctf"], table.apix, sigma)
-    cfg = SemiAmortizedConfig(heads=2, switch_epoch=0, search_epochs=(0,))
+    cfg = SemiAmortizedConfig(heads=2, switch_epoch=0, marginal_epochs=0, search_epochs=(0,))
     method = SemiAmortized(cfg, len(dataset), 32, table.apix, sigma, torch.device("cpu"), init_rms=init_rms)
     truth = torch.tensor(np.array(read_map(data / "ground_truth.mrc").data), dtype=torch.float64)
     inside = radius_grid(32) <= method.radius_start  # the 20 Å band; beyond it the decoder as initialised
