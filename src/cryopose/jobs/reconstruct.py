@@ -133,7 +133,8 @@ def _configuration(particles, options: ReconstructOptions, data: DataOptions, da
     except TypeError as err:
         raise InputError(None, f"--method {options.method}: {err}") from None
     return {"particles": str(Path(particles).resolve()), "method": options.method,
-            "epochs": options.epochs or kind.epochs, "batch": options.batch or kind.batch, "box": dataset.box,
+            "epochs": kind.epochs if options.epochs is None else options.epochs,
+            "batch": kind.batch if options.batch is None else options.batch, "box": dataset.box,
             "apix_A": dataset.pixel_size_A, "invert": data.invert,
             "seed": options.seed, "device": str(device), "num_workers": options.workers,
             "checkpoint_minutes": options.checkpoint_minutes,

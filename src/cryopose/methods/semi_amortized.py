@@ -170,7 +170,7 @@ class SemiAmortized(EncoderDecoder):
             if shifts is not None:
                 self.table.shift[index] = shifts
             self.opt_pose.reset(index)
-            self.top_weight += torch.stack([weights[:, 0].sum(), torch.tensor(float(len(index)), device=self.device)])
+            self.top_weight += torch.stack([weights[:, 0].sum(), weights.new_full((), len(index))])
         return {"loss": loss.item()}
 
     def _direct_step(self, batch: dict, target: Tensor) -> dict[str, float]:
