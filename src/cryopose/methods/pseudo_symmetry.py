@@ -46,18 +46,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import roma
 import torch
 from torch import Tensor
 
-from ..io.dataset import ParticleDataset, make_loader
+from ..io.dataset import ParticleDataset
 from ..physics.align import MapAlignment, near_symmetry
-from ..physics.fourier import hartley3_centered, shell_index
 from ..physics.fsc import fsc
-from ..physics.projection import circular_mask
 from ..progress import progress
-from .backprojection import backproject_dataset
-from .losses import fitted_residual
+from .half_maps import half_map, refine_and_score
 
 
 @dataclass(frozen=True)
@@ -87,56 +83,6 @@ class RelaxConfig:
     refine_lr: float = 0.005
     resolution_A: float | None = 6.0
     batch: int = 256
-
-
-def _half_map(dataset: ParticleDataset, half: int, poses: list[Tensor], shifts: list[Tensor] | None,
-              weights: Tensor, batch: int, device) -> Tensor:
-    """Map ``(D, D, D)`` of the particles of one half (``index % 2 == half``), each inserted at its ``n`` candidate
-    poses (``poses``, ``shifts``: ``n`` tensors ``(N, 3, 3)``, ``(N, 2)`` Å) with ``weights`` ``(N, n)``."""
-    return backproject_dataset(dataset, torch.stack(poses, 1), None if shifts is None else torch.stack(shifts, 1),
-                               weights=weights, half=half, batch=batch, device=device)[0]
-
-
-def _log_likelihoods(dataset: ParticleDataset, half: int, other_map: Tensor, shell_weights: Tensor,
-                     poses: list[Tensor], shifts: list[Tensor] | None, sigma: float, cfg: RelaxConfig, lr: float,
-                     device) -> Tensor:
-    """Log-likelihood ``(⌈(N − half) / 2⌉, n)`` of each candidate pose of the particles of one half, in index order,
-    scored against ``other_map`` ``(D, D, D)`` with each Fourier shell weighted by ``shell_weights`` ``(D//2 + 1,)``
-    (Gaussian noise ``sigma`` per Fourier coefficient, amplitude fitted per candidate). The candidates are first
-    refined against that map by ``cfg.refine_steps`` Adam steps of rate ``lr`` (radians; shifts the same at half
-    the box), in place in ``poses`` and ``shifts``."""
-    weights = shell_weights.to(other_map.device)
-    shell = shell_index(dataset.box, other_map.device).clamp(max=len(weights) - 1)
-    volume = (hartley3_centered(other_map.double()) * weights[shell]).float().to(device)
-    radius = None if cfg.resolution_A is None else dataset.box * dataset.pixel_size_A / cfg.resolution_A
-    pixels = torch.nonzero(circular_mask(dataset.box, radius, device=device).flatten()).squeeze(1)
-    n, out = len(poses), []
-    for b in make_loader(dataset, cfg.batch, sampler=range(half, len(dataset), 2)):
-        keep = b["index"]
-        b = {"images": b["images"].to(device), "ctf": b["ctf"].to(device)}
-        rot = torch.stack([p[keep] for p in poses], 1).to(device)
-        shift = None if shifts is None else torch.stack([s[keep] for s in shifts], 1).to(device)
-        if cfg.refine_steps:
-            turn = torch.zeros(len(keep), n, 3, device=device, requires_grad=True)
-            move = torch.zeros(len(keep), n, 2, device=device, requires_grad=shift is not None)
-            opt = torch.optim.Adam([{"params": [turn], "lr": lr},
-                                    {"params": [move], "lr": lr * dataset.box * dataset.pixel_size_A / 2}])
-            for _ in range(cfg.refine_steps):
-                opt.zero_grad()
-                fitted_residual(volume, b, rot @ roma.rotvec_to_rotmat(turn), None if shift is None else shift + move,
-                          dataset.pixel_size_A, sigma, pixels).sum().backward()
-                opt.step()
-            rot = rot @ roma.rotvec_to_rotmat(turn.detach())
-            for i, p in enumerate(poses):
-                p[keep] = rot[:, i].to(p)
-            if shift is not None:
-                shift = shift + move.detach()
-                for i, s in enumerate(shifts):
-                    s[keep] = shift[:, i].to(s)
-        with torch.no_grad():
-            cost = fitted_residual(volume, b, rot, shift, dataset.pixel_size_A, sigma, pixels)
-        out.append(-0.5 * cost.cpu())
-    return torch.cat(out)
 
 
 def operator_order(angle_deg: float, largest: int = 6) -> int:
@@ -170,18 +116,18 @@ def relax_pseudo_symmetry(dataset: ParticleDataset, volume: Tensor, rotations: n
     p = torch.zeros(len(dataset), n)
     p[:, 0] = 1  # start from the run's own poses (a blend is as good as a random split)
     halves = [torch.arange(half, len(dataset), 2) for half in (0, 1)]
-    maps = [_half_map(dataset, half, poses, shifts, p, cfg.batch, device) for half in (0, 1)]
+    maps = [half_map(dataset, half, poses, shifts, p, cfg.batch, device) for half in (0, 1)]
     bar = progress(range(cfg.rounds), desc="pseudo-symmetry", unit="round")
     for rounds in bar:
         changed = 0.0
         for half, index in enumerate(halves):  # in turn: the odd half is scored against the even map just rebuilt
             lr = cfg.refine_lr * 0.5 ** (rounds / 10)  # halved every 10 rounds, so that the poses settle
             weights = fsc(maps[0], maps[1])[1].clamp(0, 1)  # per shell: the other map's expected signal share
-            new = torch.softmax(_log_likelihoods(dataset, half, maps[1 - half], weights, poses, shifts, sigma, cfg,
-                                                 lr, device), dim=1)
+            new = torch.softmax(refine_and_score(dataset, half, maps[1 - half], weights, poses, shifts, sigma, lr,
+                                                 cfg.refine_steps, cfg.resolution_A, cfg.batch, device), dim=1)
             changed += float((new.argmax(1) != p[index].argmax(1)).sum()) / len(dataset)
             p[index] = new
-            maps[half] = _half_map(dataset, half, poses, shifts, p, cfg.batch, device)
+            maps[half] = half_map(dataset, half, poses, shifts, p, cfg.batch, device)
         confidence = float(((n * p.amax(1) - 1) / (n - 1)).mean())
         bar.set_postfix(changed=f"{changed:.3f}", confidence=f"{confidence:.2f}")
         if changed < cfg.tolerance:

@@ -1,0 +1,69 @@
+"""Gold-standard scoring: each half of the particles refined and scored against the map of the other half.
+
+A particle's own image in the map it is scored against pulls its pose towards where it already is; scored against
+the map of the other half (the even particles against the odd ones' map and back), as RELION's auto-refine does, it
+is not. The map is weighted shell by shell by the FSC of the two halves (its expected signal share, a Wiener filter)
+so that the noise of its high frequencies does not decide the scoring.
+"""
+
+from __future__ import annotations
+
+import roma
+import torch
+from torch import Tensor
+
+from ..io.dataset import ParticleDataset, make_loader
+from ..physics.fourier import hartley3_centered, shell_index
+from ..physics.projection import circular_mask
+from .backprojection import backproject_dataset
+from .losses import fitted_residual
+
+
+def half_map(dataset: ParticleDataset, half: int, poses: list[Tensor], shifts: list[Tensor] | None,
+             weights: Tensor, batch: int, device) -> Tensor:
+    """Map ``(D, D, D)`` of the particles of one half (``index % 2 == half``), each inserted at its ``n`` candidate
+    poses (``poses``, ``shifts``: ``n`` tensors ``(N, 3, 3)``, ``(N, 2)`` Å) with ``weights`` ``(N, n)``."""
+    return backproject_dataset(dataset, torch.stack(poses, 1), None if shifts is None else torch.stack(shifts, 1),
+                               weights=weights, half=half, batch=batch, device=device)[0]
+
+
+def refine_and_score(dataset: ParticleDataset, half: int, other_map: Tensor, shell_weights: Tensor,
+                     poses: list[Tensor], shifts: list[Tensor] | None, sigma: float, lr: float, steps: int,
+                     resolution_A: float | None, batch: int, device) -> Tensor:
+    """Log-likelihood ``(⌈(N − half) / 2⌉, n)`` of each candidate pose of the particles of one half, in index order,
+    scored against ``other_map`` ``(D, D, D)`` with each Fourier shell weighted by ``shell_weights`` ``(D//2 + 1,)``
+    (Gaussian noise ``sigma`` per Fourier coefficient, amplitude fitted per candidate), up to ``resolution_A`` (None:
+    Nyquist). The candidates are first refined against that map by ``steps`` Adam steps of rate ``lr`` (radians;
+    shifts the same at half the box), in place in ``poses`` and ``shifts``."""
+    weights = shell_weights.to(other_map.device)
+    shell = shell_index(dataset.box, other_map.device).clamp(max=len(weights) - 1)
+    volume = (hartley3_centered(other_map.double()) * weights[shell]).float().to(device)
+    radius = None if resolution_A is None else dataset.box * dataset.pixel_size_A / resolution_A
+    pixels = torch.nonzero(circular_mask(dataset.box, radius, device=device).flatten()).squeeze(1)
+    n, out = len(poses), []
+    for b in make_loader(dataset, batch, sampler=range(half, len(dataset), 2)):
+        keep = b["index"]
+        b = {"images": b["images"].to(device), "ctf": b["ctf"].to(device)}
+        rot = torch.stack([p[keep] for p in poses], 1).to(device)
+        shift = None if shifts is None else torch.stack([s[keep] for s in shifts], 1).to(device)
+        if steps:
+            turn = torch.zeros(len(keep), n, 3, device=device, requires_grad=True)
+            move = torch.zeros(len(keep), n, 2, device=device, requires_grad=shift is not None)
+            opt = torch.optim.Adam([{"params": [turn], "lr": lr},
+                                    {"params": [move], "lr": lr * dataset.box * dataset.pixel_size_A / 2}])
+            for _ in range(steps):
+                opt.zero_grad()
+                fitted_residual(volume, b, rot @ roma.rotvec_to_rotmat(turn), None if shift is None else shift + move,
+                          dataset.pixel_size_A, sigma, pixels).sum().backward()
+                opt.step()
+            rot = rot @ roma.rotvec_to_rotmat(turn.detach())
+            for i, p in enumerate(poses):
+                p[keep] = rot[:, i].to(p)
+            if shift is not None:
+                shift = shift + move.detach()
+                for i, s in enumerate(shifts):
+                    s[keep] = shift[:, i].to(s)
+        with torch.no_grad():
+            cost = fitted_residual(volume, b, rot, shift, dataset.pixel_size_A, sigma, pixels)
+        out.append(-0.5 * cost.cpu())
+    return torch.cat(out)
