@@ -4,6 +4,8 @@ The cost scores ``K`` candidate rotations of each of ``B`` problems in one call:
 (lower is better; +inf excludes a rotation). The starting cells are ``width`` cells of level ``start_level``: the
 nearest to an initial rotation, the best of the whole level when there is none, or both with ``explore``. Each
 level below replaces the kept cells by their 8 children and keeps the ``width`` best, down to level ``depth``.
+The whole starting level, the same rotations for every problem, is passed once as ``(1, K, 3, 3)``: the cost
+broadcasts it over the problems (a renderer then slices each rotation once, not once per problem).
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ def grid_search(cost: Cost, batch: int, *, width: int, depth: int, start_level: 
         cells = nearest_cells(matrix_to_quaternion(initial.to(dtype)), start_level, width)  # (B, width)
         device = cells.device
     if cells is None or explore:
-        every = torch.arange(n_cells(start_level), device=device).expand(batch, -1)
-        scores = (start_cost or cost)(_rotations(start_level, every, dtype))
+        every = torch.arange(n_cells(start_level), device=device)
+        # the same rotations for every problem, passed once: (1, K, 3, 3), the costs broadcast to (B, K)
+        scores = (start_cost or cost)(_rotations(start_level, every[None], dtype)).expand(batch, -1)
+        every = every.expand(batch, -1)
         if cells is not None:  # the nearest cells are kept anyway: take the best of the others
             scores = scores.scatter(1, cells, float("inf"))
         best = every.gather(1, scores.topk(min(width, every.shape[1]), largest=False).indices)
