@@ -61,6 +61,7 @@ class SemiAmortized(EncoderDecoder):
         self.epoch = 0
         self.wins = torch.zeros(cfg.heads, dtype=torch.long, device=device)
         self.top_weight = torch.zeros(2, device=device)  # summed posterior of the best rotation, and images
+        self.search_counts = torch.zeros(2, device=device)  # particles searched, and those whose pose it replaced
         self.grid = quaternion_to_matrix(cell_quaternions(cfg.marginal_level, device=device)) \
             if cfg.marginal_epochs else None  # (C, 3, 3) rotations marginalised over
         self.table: PoseTable | None = None
@@ -139,6 +140,8 @@ class SemiAmortized(EncoderDecoder):
         self.table.base[index], self.table.rotvec[index] = rotations, 0.0
         self.opt_pose.reset(index[replaced])  # the moments of a pose the particle left
         self.searched_at[index] = self.epoch
+        self.search_counts[0] += len(index)
+        self.search_counts[1] += replaced.sum()
 
     def _marginal_step(self, batch: dict, target: Tensor) -> dict[str, float]:
         """Volume step on the posterior-weighted loss over the grid's rotations (module doc)."""
@@ -198,8 +201,10 @@ class SemiAmortized(EncoderDecoder):
             share = float(self.top_weight[0] / self.top_weight[1].clamp(min=1))
             self.top_weight.zero_()
             return {"top_posterior": round(share, 4)}
-        if self.stage(epoch) != "amortized":
-            return {}
+        if self.stage(epoch) != "amortized":  # the share of the particles searched whose pose the search replaced
+            searched, replaced = self.search_counts.tolist()
+            self.search_counts.zero_()
+            return {"search_replaced": round(replaced / searched, 4)} if searched else {}
         share = (self.wins.float() / self.wins.sum().clamp(min=1)).tolist()
         self.wins.zero_()  # here, not in begin_epoch: a run resumed mid-epoch keeps the wins counted before
         return {"head_share": [round(s, 4) for s in share]}
@@ -223,11 +228,12 @@ class SemiAmortized(EncoderDecoder):
         return rows
 
     def counters(self) -> list[Tensor]:
-        return [self.wins, self.top_weight]
+        return [self.wins, self.top_weight, self.search_counts]
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "best_rotations": self.best_rotations, "best_shifts": self.best_shifts,
-                "wins": self.wins, "top_weight": self.top_weight, "searched_at": self.searched_at,
+                "wins": self.wins, "top_weight": self.top_weight, "search_counts": self.search_counts,
+                "searched_at": self.searched_at,
                 "table": None if self.table is None else self.table.state_dict(),
                 "opt_pose": None if self.opt_pose is None else self.opt_pose.state_dict()}
 
@@ -237,6 +243,7 @@ class SemiAmortized(EncoderDecoder):
         self.searched_at.copy_(state["searched_at"])
         self.wins.copy_(state["wins"])
         self.top_weight.copy_(state.get("top_weight", torch.zeros(2)))  # checkpoints from before marginal epochs
+        self.search_counts.copy_(state.get("search_counts", torch.zeros(2)))  # and before this count
         if state["table"] is not None:
             self.switch()
             self.table.load_state_dict(state["table"])
