@@ -3,7 +3,8 @@
 A particle's own image in the map it is scored against pulls its pose towards where it already is; scored against
 the map of the other half (the even particles against the odd ones' map and back), as RELION's auto-refine does, it
 is not. The map is weighted shell by shell by the FSC of the two halves (its expected signal share, a Wiener filter)
-so that the noise of its high frequencies does not decide the scoring.
+so that the noise of its high frequencies does not decide the scoring. The halves take turns (Gauss–Seidel): the
+even particles are scored against the odd map and their map is rebuilt, then the odd particles against that.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from ..io.dataset import ParticleDataset, make_loader
 from ..physics.fourier import hartley3_centered, shell_index
+from ..physics.fsc import fsc
 from ..physics.projection import circular_mask
 from .backprojection import backproject_dataset
 from .losses import fitted_residual
@@ -67,3 +69,18 @@ def refine_and_score(dataset: ParticleDataset, half: int, other_map: Tensor, she
             cost = fitted_residual(volume, b, rot, shift, dataset.pixel_size_A, sigma, pixels)
         out.append(-0.5 * cost.cpu())
     return torch.cat(out)
+
+
+def round_in_turns(dataset: ParticleDataset, maps: list[Tensor], poses: list[Tensor], shifts: list[Tensor] | None,
+                   p: Tensor, sigma: float, lr: float, steps: int, resolution_A: float | None, batch: int,
+                   device) -> Tensor:
+    """One round in turns (module doc) over the ``n`` candidate poses of every particle: each half refined and scored
+    against the other's ``maps`` (two ``(D, D, D)``, FSC-weighted here), its weights ``p`` ``(N, n)`` replaced by the
+    posterior over its candidates and its map rebuilt with them, all in place. Returns the weights before the round."""
+    before = p.clone()
+    for half in (0, 1):
+        weights = fsc(maps[0], maps[1])[1].clamp(0, 1)  # per shell: the other map's expected signal share
+        p[half::2] = torch.softmax(refine_and_score(dataset, half, maps[1 - half], weights, poses, shifts, sigma, lr,
+                                                    steps, resolution_A, batch, device), dim=1)
+        maps[half] = half_map(dataset, half, poses, shifts, p, batch, device)
+    return before

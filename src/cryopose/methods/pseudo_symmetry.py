@@ -51,9 +51,8 @@ from torch import Tensor
 
 from ..io.dataset import ParticleDataset
 from ..physics.align import MapAlignment, near_symmetry
-from ..physics.fsc import fsc
 from ..progress import progress
-from .half_maps import half_map, refine_and_score
+from .half_maps import half_map, round_in_turns
 
 
 @dataclass(frozen=True)
@@ -115,19 +114,13 @@ def relax_pseudo_symmetry(dataset: ParticleDataset, volume: Tensor, rotations: n
     shifts = None if shifts_A is None else [torch.tensor(s, dtype=torch.float32) for _, s in candidates]
     p = torch.zeros(len(dataset), n)
     p[:, 0] = 1  # start from the run's own poses (a blend is as good as a random split)
-    halves = [torch.arange(half, len(dataset), 2) for half in (0, 1)]
     maps = [half_map(dataset, half, poses, shifts, p, cfg.batch, device) for half in (0, 1)]
     bar = progress(range(cfg.rounds), desc="pseudo-symmetry", unit="round")
     for rounds in bar:
-        changed = 0.0
-        for half, index in enumerate(halves):  # in turn: the odd half is scored against the even map just rebuilt
-            lr = cfg.refine_lr * 0.5 ** (rounds / 10)  # halved every 10 rounds, so that the poses settle
-            weights = fsc(maps[0], maps[1])[1].clamp(0, 1)  # per shell: the other map's expected signal share
-            new = torch.softmax(refine_and_score(dataset, half, maps[1 - half], weights, poses, shifts, sigma, lr,
-                                                 cfg.refine_steps, cfg.resolution_A, cfg.batch, device), dim=1)
-            changed += float((new.argmax(1) != p[index].argmax(1)).sum()) / len(dataset)
-            p[index] = new
-            maps[half] = half_map(dataset, half, poses, shifts, p, cfg.batch, device)
+        lr = cfg.refine_lr * 0.5 ** (rounds / 10)  # halved every 10 rounds, so that the poses settle
+        before = round_in_turns(dataset, maps, poses, shifts, p, sigma, lr, cfg.refine_steps, cfg.resolution_A,
+                                cfg.batch, device)
+        changed = float((p.argmax(1) != before.argmax(1)).double().mean())
         confidence = float(((n * p.amax(1) - 1) / (n - 1)).mean())
         bar.set_postfix(changed=f"{changed:.3f}", confidence=f"{confidence:.2f}")
         if changed < cfg.tolerance:
