@@ -215,7 +215,8 @@ def test_reconstruct_symmetry_brings_map_and_poses_into_relions_frame_and_impose
     table, dataset, truth, run = c3_run
     measure = evaluator(3.0, None, None)
     log = MetricsLog(tmp_path / "log.jsonl")
-    density, rotations, shifts, record = _final_poses(run, dataset, 1.0, measure, log, "cpu", True, "C3")
+    density, rotations, shifts, record = _final_poses(run, dataset, 1.0, measure, log, "cpu", relax=True,
+                                                      local_rounds=0, symmetry="C3")
     assert record["imposed"] and record["group_correlation"] > 0.97
     found = find_symmetry(density, max_order=4)
     assert found.group == "C3"
@@ -233,7 +234,8 @@ def test_a_c1_run_with_an_exactly_symmetric_map_names_the_group_and_suggests_sym
     _, dataset, _, run = c3_run
     log = MetricsLog(tmp_path / "log.jsonl")
     with pytest.warns(UserWarning, match=r"point group C3 .*reconstruct with --symmetry C3"):
-        _, rotations, _, relaxed = _final_poses(run, dataset, 1.0, evaluator(3.0, None, None), log, "cpu", True)
+        _, rotations, _, relaxed = _final_poses(run, dataset, 1.0, evaluator(3.0, None, None), log, "cpu",
+                                                    relax=True, local_rounds=0)
     assert relaxed is None and rotations is run.rotations[0]  # not relaxed: the poses as trained
     record = [r for r in log.records() if r.get("kind") == "symmetry"][-1]
     assert record["exact"] and record["group"] == "C3" and not record["relaxed"]

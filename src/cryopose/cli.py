@@ -137,6 +137,10 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                         "self-superposition >= 0.8), let each particle choose between its pose and its mate by "
                         "EM on gold-standard halves (n classes for an n-fold), and reconstruct map.mrc from the chosen "
                         "poses; an exact symmetry (>= 0.97) is reported, not relaxed")
+    p.add_argument("--local-rounds", type=int, default=5, metavar="N",
+                   help="after training, refine every pose locally against the map of the other half of the particles "
+                        "(gold-standard, as RELION's auto-refine) for N rounds, and reconstruct map.mrc from the "
+                        "refined poses (0: the trained map and poses as they are)")
     p.add_argument("--exclude-worst", type=float, default=0.0, metavar="FRACTION",
                    help="leave this share of the particles that fit the final map worst (junk) out of map.mrc and "
                         "the half maps; every particle's fit score is in poses.star (rlnLogLikeliContribution)")

@@ -26,6 +26,7 @@ from ..io.star import write_star
 from ..methods.backprojection import backproject_dataset
 from ..methods.config import METHOD_CONFIGS, flag_settings, parse_value
 from ..methods.fit_score import fit_scores, worst
+from ..methods.half_maps import LocalRefineConfig, local_refine
 from ..methods.losses import noise_sigma, signal_shell_rms
 from ..methods.pseudo_symmetry import relax_pseudo_symmetry
 from ..methods.search_supervised import SearchSupervised
@@ -54,6 +55,7 @@ class ReconstructOptions:
     workers: int = 0
     halves: bool = False
     relax_symmetry: bool = True
+    local_rounds: int = 5
     symmetry: str = "C1"
     exclude_worst: float = 0.0
     ref: str | os.PathLike | None = None
@@ -67,10 +69,11 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
 
     Started by ``torchrun`` it runs data-parallel (:mod:`cryopose.train.distributed`); ranks other than 0
     return an empty summary. After training, a pseudo-symmetric map has each particle choose between its pose
-    and its mate (``relax_symmetry``, :mod:`cryopose.methods.pseudo_symmetry`); ``map.mrc`` is then
-    reconstructed from the chosen poses. With a point group (``symmetry``) training stays C1; the map is then
-    brought into RELION's frame for the group (as ``relion_align_symmetry``), the poses with it, and ``map.mrc``
-    and the half maps are reconstructed with the group imposed.
+    and its mate (``relax_symmetry``, :mod:`cryopose.methods.pseudo_symmetry`); every pose is then refined locally
+    against the half maps for ``local_rounds`` rounds (:func:`cryopose.methods.half_maps.local_refine`) and
+    ``map.mrc`` is reconstructed from the final poses. With a point group (``symmetry``) training stays C1; the map
+    is then brought into RELION's frame for the group (as ``relion_align_symmetry``), the poses with it, and
+    ``map.mrc`` and the half maps are reconstructed with the group imposed.
     """
     if options.method not in METHODS:
         raise InputError(None, f"unknown --method {options.method!r} (choose from {', '.join(METHODS)})")
@@ -102,9 +105,9 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
             model.distribute(lambda module: module)
         if not ctx.first:  # rank 0 writes the outputs; every rank holds the merged poses and the same map
             return {}
-        density, rotations, shifts, relaxed = _final_poses(model, dataset, sigma, measure, log, device,
-                                                           config.get("relax_symmetry", True),
-                                                           symmetry)
+        density, rotations, shifts, moved = _final_poses(model, dataset, sigma, measure, log, device,
+                                                         config.get("relax_symmetry", True),
+                                                         config.get("local_rounds", 0), symmetry)
         scores = fit_scores(dataset, density, rotations, shifts, sigma, device=device)
         keep = ~worst(scores, config.get("exclude_worst", 0.0))
         if not keep.all():  # the map without the particles that fit worst (junk)
@@ -115,7 +118,7 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
                                                     scores, keep, options.halves, device)}
         summary["seconds"] = round(time.time() - start, 1)
         summary.update(peak_memory(device))
-        summary.update(_last_figures(log, relaxed))
+        summary.update(_last_figures(log, moved))
         log.write(**summary)
         return summary
 
@@ -140,7 +143,8 @@ def _configuration(particles, options: ReconstructOptions, data: DataOptions, da
             "checkpoint_minutes": options.checkpoint_minutes,
             "reference": None if options.ref is None else str(Path(options.ref).resolve()),
             "datadir": data.datadir, "options": asdict(method_cfg), "processes": processes,
-            "relax_symmetry": options.relax_symmetry, "symmetry": options.symmetry.strip().upper(),
+            "relax_symmetry": options.relax_symmetry,
+            "local_rounds": options.local_rounds, "symmetry": options.symmetry.strip().upper(),
             "exclude_worst": options.exclude_worst}
 
 
@@ -158,36 +162,43 @@ def _build_method(config: dict, dataset: ParticleDataset, device: torch.device):
 
 
 def _final_poses(model, dataset: ParticleDataset, sigma: float, measure: Measure, log: MetricsLog,
-                 device: torch.device, relax: bool, symmetry: str = "C1"):
-    """The trained map and poses, then either the point group ``symmetry`` imposed (the map and poses brought into
-    RELION's frame for it, the map reconstructed with it) or, in C1, the pseudo-symmetry relaxation when ``relax``
-    (an exact symmetry is reported instead, with a warning suggesting ``--symmetry``). Logged, and measured when
-    the poses moved: density ``(D, D, D)``, rotations ``(N, 3, 3)``, shifts ``(N, 2)`` Å or None, and the record
-    when the poses moved (else None)."""
+                 device: torch.device, relax: bool, local_rounds: int, symmetry: str = "C1"):
+    """The trained map and poses; in C1 the pseudo-symmetry relaxation when ``relax`` (an exact symmetry is reported
+    instead, with a warning suggesting ``--symmetry``); then ``local_rounds`` rounds of local refinement against the
+    half maps; then, with a point group ``symmetry``, the map and poses brought into RELION's frame for it and the map
+    reconstructed with it. Each step is logged, and measured when it moved the poses. Returns density ``(D, D, D)``,
+    rotations ``(N, 3, 3)``, shifts ``(N, 2)`` Å or None, and the last record that moved the poses (else None)."""
     density = model.density().cpu()
     rotations, shifts = model.poses()
-    if symmetry != "C1":
+    moved = None
+    if symmetry == "C1" and relax:
+        rotations, shifts, record = relax_pseudo_symmetry(dataset, density, rotations, shifts, sigma, device=device)
+        if record["exact"]:
+            found = find_symmetry(density)
+            record.update(group=found.group, group_correlation=found.correlations.get(found.group))
+            if found.group != "C1":
+                warnings.warn(f"the map has point group {found.group} (correlation "
+                              f"{found.correlations[found.group]:.3f}), a symmetry the data cannot break: reconstruct "
+                              f"with --symmetry {found.group}")
+        if record["relaxed"]:
+            density, = backproject_dataset(dataset, rotations, shifts, device=device)
+            record.update(measure(density, rotations, shifts))
+            moved = record
+        log.write(kind="symmetry", **record)
+    if local_rounds:
+        rotations, shifts, record = local_refine(dataset, rotations, shifts, sigma, LocalRefineConfig(local_rounds),
+                                                 device)
+        density, = backproject_dataset(dataset, rotations, shifts, device=device)
+        moved = {**record, **measure(density, rotations, shifts)}
+        log.write(kind="local_refinement", **moved)
+    if symmetry != "C1":  # the C1 map's frame: the local refinement turned poses, not the map
         fit = fit_symmetry(density, symmetry)
         rotations, shifts = fit.alignment(dataset.pixel_size_A).transform_poses(rotations, shifts)
         density, = backproject_dataset(dataset, rotations, shifts, symmetry=point_group(symmetry), device=device)
-        record = {"group": symmetry, "group_correlation": fit.correlations[symmetry], "imposed": True,
-                  **measure(density, rotations, shifts)}
-        log.write(kind="symmetry", **record)
-        return density, rotations, shifts, record
-    if not relax:
-        return density, rotations, shifts, None
-    rotations, shifts, record = relax_pseudo_symmetry(dataset, density, rotations, shifts, sigma, device=device)
-    if record["exact"]:
-        found = find_symmetry(density)
-        record.update(group=found.group, group_correlation=found.correlations.get(found.group))
-        if found.group != "C1":
-            warnings.warn(f"the map has point group {found.group} (correlation {found.correlations[found.group]:.3f}), "
-                          f"a symmetry the data cannot break: reconstruct with --symmetry {found.group}")
-    if record["relaxed"]:
-        density, = backproject_dataset(dataset, rotations, shifts, device=device)
-        record.update(measure(density, rotations, shifts))
-    log.write(kind="symmetry", **record)
-    return density, rotations, shifts, record if record["relaxed"] else None
+        moved = {"group": symmetry, "group_correlation": fit.correlations[symmetry], "imposed": True,
+                 **measure(density, rotations, shifts)}
+        log.write(kind="symmetry", **moved)
+    return density, rotations, shifts, moved
 
 
 def _write_outputs(run: Path, config: dict, table: ParticleTable, dataset: ParticleDataset,
@@ -214,9 +225,10 @@ def _write_outputs(run: Path, config: dict, table: ParticleTable, dataset: Parti
     return written
 
 
-def _last_figures(log: MetricsLog, relaxed: dict | None) -> dict:
-    """The resolution, pose and symmetry figures of the last epoch, or of the relaxation when it moved poses."""
-    last = [r for r in log.records() if r.get("kind") == "epoch"] + ([relaxed] if relaxed else [])
+def _last_figures(log: MetricsLog, moved: dict | None) -> dict:
+    """The resolution, pose and symmetry figures of the last epoch, or of the last step after training that moved
+    the poses."""
+    last = [r for r in log.records() if r.get("kind") == "epoch"] + ([moved] if moved else [])
     keys = ("resolution", "pose_", "shift_", "symmetry")
     return {k: v for k, v in last[-1].items() if k.startswith(keys)} if last else {}
 
@@ -259,7 +271,8 @@ def run(args: argparse.Namespace) -> None:
     options = ReconstructOptions(method=args.method, epochs=args.epochs, batch=args.batch, shifts=args.shifts,
                                  device=args.device, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
                                  workers=args.workers, halves=args.halves, relax_symmetry=args.relax_symmetry,
-                                 symmetry=args.symmetry, exclude_worst=args.exclude_worst, ref=args.ref,
+                                 local_rounds=args.local_rounds, symmetry=args.symmetry,
+                                 exclude_worst=args.exclude_worst, ref=args.ref,
                                  method_options=method_options(args))
     data = DataOptions(datadir=args.datadir, apix=args.apix, box=args.box, invert=args.invert)
     summary = reconstruct(args.particles, args.output, options, data, resume=args.resume, force=args.force)

@@ -35,8 +35,9 @@ def prepare_run_dir(path: str | os.PathLike, config: dict, *, resume: bool, forc
 
     A new run refuses a folder that already holds a run unless ``force`` (which clears the run's own files,
     nothing else). ``resume`` reuses the saved configuration (the current one must describe the same data)
-    but for the epochs, device, workers, processes, the symmetry relaxation and, when given, the method's
-    ``switch_epoch``: a copy of a run taken at its switch can continue stage 1 instead (a branched run).
+    but for the epochs, device, workers, processes, the steps after training (symmetry relaxation, local rounds)
+    and, when given, the method's ``switch_epoch``: a copy of a run taken at its switch can continue stage 1
+    instead (a branched run).
     A run killed before its first checkpoint lost nothing: ``resume`` then starts it over, with a warning.
     """
     run = Path(path)
@@ -48,7 +49,7 @@ def prepare_run_dir(path: str | os.PathLike, config: dict, *, resume: bool, forc
         old = json.loads(saved.read_text())
         if old.get("particles") != config.get("particles"):
             raise InputError(run, f"was run on {old.get('particles')}, not {config.get('particles')}")
-        for key in ("epochs", "device", "num_workers", "processes", "relax_symmetry"):  # a resume may change
+        for key in ("epochs", "device", "num_workers", "processes", "relax_symmetry", "local_rounds"):
             old[key] = config.get(key)
         if switch_epoch is not None and switch_epoch != old["options"]["switch_epoch"]:
             _check_switch_move(run, old["options"]["switch_epoch"], switch_epoch)
