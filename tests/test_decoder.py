@@ -47,3 +47,33 @@ def test_band_held_through_stage_1_then_widened_and_restored_from_a_checkpoint()
     restored.load_state_dict(method.state_dict())
     assert restored.radius == pytest.approx(10.0)
     assert torch.equal(restored.density(), method.density())
+
+
+def test_shared_rotations_scored_by_matrix_products_match_the_rendered_loss():
+    """The marginal epochs score every image at the same grid rotations and a few shifts each by matrix products;
+    the losses equal those of rendering every (image, rotation, shift) through ``pose_loss``."""
+    import roma
+
+    from cryopose.physics.ctf import CTFParams
+
+    dec = ExplicitDecoder(24, 3.0, 1.0, torch.device("cpu"), lr=1e-2, mantissa_exponent=False, init_rms=1.0,
+                          resolution_start_A=12.0)
+    dec.set_band(0, ramp_epochs=4)
+    gen = torch.Generator().manual_seed(0)
+    b, c, s = 3, 5, 4
+    ctf = CTFParams(defocus_u_A=torch.tensor([9000.0, 15000, 22000]), defocus_v_A=torch.tensor([8500.0, 14000, 21000]),
+                    defocus_angle_rad=torch.tensor([0.1, 0.7, 2.0]), voltage_kV=torch.full((b,), 300.0),
+                    cs_mm=torch.full((b,), 2.7), amplitude_contrast=torch.full((b,), 0.1),
+                    phase_shift_rad=torch.zeros(b), bfactor_A2=torch.zeros(b), scale=torch.ones(b))
+    batch = {"ctf": ctf}
+    target = torch.randn(b, len(dec.mask_index), dtype=torch.complex64, generator=gen)
+    volume = dec.volume.hartley().detach()
+    rotations = roma.random_rotmat(c, generator=gen)
+    shifts = torch.randn(b, s, 2, generator=gen) * 4.0
+    fast = dec.shared_pose_loss(rotations, shifts, batch, target, volume)
+    rendered = dec.pose_loss(rotations[None, :, None], shifts[:, None], batch, target, volume)
+    assert fast.shape == rendered.shape == (b, c, s)
+    torch.testing.assert_close(fast, rendered, rtol=1e-4, atol=1e-5)
+    unshifted = dec.pose_loss(rotations[None], None, batch, target, volume)
+    torch.testing.assert_close(dec.shared_pose_loss(rotations, None, batch, target, volume)[..., 0], unshifted,
+                               rtol=1e-4, atol=1e-5)

@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from ..models.volume import HartleyVolume
+from ..physics.ctf import compute_ctf
 from ..physics.fourier import frequency_grid_2d, ihartley3_centered, radius_grid
-from ..physics.projection import circular_mask, render
-from .losses import slice_loss
+from ..physics.projection import circular_mask, extract_slices, render, shift_phase
+from .losses import shared_slice_loss, slice_loss
 
 
 class ExplicitDecoder:
@@ -72,14 +73,27 @@ class ExplicitDecoder:
     def pose_loss(self, rotations: Tensor, shifts: Tensor | None, batch: dict, target: Tensor,
                   volume: Tensor, radius: float | None = None) -> Tensor:
         """Per-image, per-pose loss ``(B, H)`` for rotations ``(B, H, 3, 3)`` and shifts ``(B, H, 2)`` Å, over
-        the current band's pixels (``target`` ``(B, M)``), or only those within ``radius`` pixels."""
+        the current band's pixels (``target`` ``(B, M)``), or only those within ``radius`` pixels. More pose axes
+        broadcast, e.g. rotations ``(1, K, 1, 3, 3)`` shared by the batch and shifts ``(B, 1, S, 2)`` give
+        ``(B, K, S)``."""
         pixels, limit = self.mask_index, self.radius
         if radius is not None and radius < self.radius:
             inside = self.mask_radius <= radius
             pixels, target, limit = pixels[inside], target[:, inside], radius
         spectra = render(volume, rotations, self.apix, ctf=batch["ctf"], shifts_A=shifts, radius=limit,
                          real_space=False, pixels=pixels)
+        target = target.reshape(target.shape[:1] + (1,) * (rotations.ndim - 4) + target.shape[1:])
         return slice_loss(spectra, target, self.loss_kind)
+
+    def shared_pose_loss(self, rotations: Tensor, shifts: Tensor | None, batch: dict, target: Tensor,
+                         volume: Tensor) -> Tensor:
+        """The ``nll`` loss ``(B, C, S)`` of :meth:`pose_loss` for ``C`` rotations ``(C, 3, 3)`` shared by the batch,
+        each image at each of its shifts ``(B, S, 2)`` Å (None: unshifted, S = 1), over the current band: each
+        rotation sliced once and the images scored by matrix products (:func:`shared_slice_loss`)."""
+        slices = extract_slices(volume, rotations, radius=self.radius, output="fourier", pixels=self.mask_index)
+        ctf = compute_ctf(batch["ctf"], self.box, self.apix).flatten(-2)[:, self.mask_index]
+        phases = None if shifts is None else shift_phase(shifts, self.box, self.apix).flatten(-2)[..., self.mask_index]
+        return shared_slice_loss(slices, ctf, phases, target)
 
     @torch.no_grad()
     def density(self) -> Tensor:

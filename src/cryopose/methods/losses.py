@@ -50,6 +50,19 @@ def target_spectra(images: Tensor, sigma: float, mask_index: Tensor) -> Tensor:
     return fft2_centered(images).flatten(-2)[..., mask_index] / sigma
 
 
+def shared_slice_loss(slices: Tensor, ctf: Tensor, phases: Tensor | None, target: Tensor) -> Tensor:
+    """The ``nll`` loss of :func:`slice_loss`, ``½ mean |Y − CTF·e^{iφ}·S|²``, ``(B, C, S)`` of every image against
+    each of ``C`` slices shared by the batch at each of its ``S`` shifts, by matrix products: slices ``(C, M)``
+    complex, ``ctf`` ``(B, M)`` real, ``phases`` ``(B, S, M)`` (None: unshifted, S = 1), ``target`` ``(B, M)``.
+    A phase has unit modulus, so only the cross term ``Re(Ȳ·CTF·e^{iφ}·S)`` depends on the shift."""
+    x = target.conj()[:, None] * ctf[:, None] * (1 if phases is None else phases)  # (B, S, M)
+    b, n, m = x.shape
+    cross = torch.cat([x.real, -x.imag], -1).reshape(b * n, 2 * m) @ torch.cat([slices.real, slices.imag], -1).T
+    power = ctf.square() @ slices.abs().square().T  # (B, C): |CTF·S|², whatever the shift
+    total = target.abs().square().sum(-1)  # (B,)
+    return 0.5 * (total[:, None, None] + power[:, :, None] - 2 * cross.view(b, n, -1).transpose(1, 2)) / m
+
+
 def slice_loss(predicted: Tensor, target: Tensor, kind: str = "nll") -> Tensor:
     """Per-image, per-pose loss ``(B, H)`` of predicted ``(B, H, M)`` vs target ``(B, M)`` whitened spectra.
 

@@ -154,10 +154,9 @@ class SemiAmortized(EncoderDecoder):
                 return self.pose_loss(rotations, shifts, batch, target, volume, radius)
 
             at = None if shifts is None else shifts[:, None]
-            parts = self.grid[None].split(1024, dim=1)  # (1, K, 3, 3): each rotation sliced once for the batch
-            costs = torch.cat([cost(part, shifts=at) for part in parts], 1)  # (B, C)
-            # the loss averages ½|Y − Ŷ|² over the M coefficients of the disc, each independent one twice (Y is
-            # Hermitian): the log-likelihood in nats is −M · loss
+            costs = self.shared_pose_loss(self.grid, at, batch, target, volume)[..., 0]  # (B, C)
+            # the Gaussian loss averages ½|Y − Ŷ|² over the M coefficients of the disc, each independent one twice (Y
+            # is Hermitian): the log-likelihood in nats is −M · loss
             top = (-costs * len(self.mask_index)).topk(self.cfg.marginal_keep, dim=1)
             weights = torch.softmax(top.values, 1)  # (B, K) posterior over the kept rotations
             if shifts is not None:  # shifts stay hard: searched locally at the most probable rotation
