@@ -81,7 +81,10 @@ class SemiAmortizedConfig(MethodConfig):
     marginal_epochs: int = setting(6, "epochs after the switch in which each image is marginalised over the grid's "
                                       "rotations (soft assignment) instead of given one pose", OURS, flag=True)
     marginal_level: int = setting(2, "grid level of those rotations (2: 4,608, about 15° apart)", OURS)
-    marginal_keep: int = setting(32, "most probable rotations per image the volume step is weighted over", OURS)
+    marginal_keep: int = setting(32, "most probable poses per image the volume step is weighted over", OURS)
+    marginal_shift_span: int = setting(1, "marginal epochs with shifts: each image is also marginalised over a "
+                                          "(2·span + 1)² grid of 1 px steps around its shift (0: its shift only)",
+                                       OURS)
 
 
 @dataclass

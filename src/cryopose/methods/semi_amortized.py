@@ -9,8 +9,9 @@ with a per-particle Adam (``pose_steps`` steps), then the volume takes one step,
 Stage ``marginal`` (the first ``marginal_epochs`` epochs after the switch; ours, not in the paper): each image is
 marginalised over the rotations of grid level ``marginal_level`` instead: every rotation is scored under the current
 map within the band (held at ``resolution_start_A`` through them), and the volume steps on the loss weighted by the
-posterior of the ``marginal_keep`` most probable ones (RELION's soft assignment, as its initial model does); a
-particle's pose is its most probable rotation, its shift (from the picked centre) the best of a local search there.
+posterior of the ``marginal_keep`` most probable ones (RELION's soft assignment, as its initial model does). With
+shifts the images are also marginalised over a grid of shifts around each particle's own (from the picked centre at
+first), so that a shift can move by a pixel an epoch; a particle's pose is its most probable (rotation, shift).
 Hard assignment from a map that knows nothing cannot start where a low-resolution map holds little pose information
 (small, globular particles at SNR 0.1; ``docs/methods.md``).
 
@@ -39,7 +40,7 @@ from torch import Tensor
 from ..geometry.so3_grid import cell_quaternions, quaternion_to_matrix
 from ..models.poses import PoseTable, RowAdam
 from .autoencoder import EncoderDecoder
-from .beam_search import BeamSearchConfig, beam_search, shift_search
+from .beam_search import BeamSearchConfig, beam_search
 from .config import SemiAmortizedConfig
 from .losses import target_spectra
 
@@ -144,36 +145,42 @@ class SemiAmortized(EncoderDecoder):
         self.search_counts[1] += replaced.sum()
 
     def _marginal_step(self, batch: dict, target: Tensor) -> dict[str, float]:
-        """Volume step on the posterior-weighted loss over the grid's rotations (module doc)."""
+        """Volume step on the posterior-weighted loss over the grid's rotations and the shifts near each particle's
+        own (module doc)."""
         index = batch["index"].to(self.device)
-        shifts = self.table.shift[index] if self.cfg.shifts else None  # (B, 2) Å; the picked centres at first
         with torch.no_grad():
             volume = self.volume.hartley()
-
-            def cost(rotations: Tensor, radius: float | None = None, shifts: Tensor | None = None) -> Tensor:
-                return self.pose_loss(rotations, shifts, batch, target, volume, radius)
-
-            at = None if shifts is None else shifts[:, None]
-            costs = self.shared_pose_loss(self.grid, at, batch, target, volume)[..., 0]  # (B, C)
+            candidates = self._marginal_shifts(index)  # (B, S, 2) Å or None
+            costs = self.shared_pose_loss(self.grid, candidates, batch, target, volume).flatten(1)  # (B, C · S)
             # the Gaussian loss averages ½|Y − Ŷ|² over the M coefficients of the disc, each independent one twice (Y
             # is Hermitian): the log-likelihood in nats is −M · loss
-            top = (-costs * len(self.mask_index)).topk(self.cfg.marginal_keep, dim=1)
-            weights = torch.softmax(top.values, 1)  # (B, K) posterior over the kept rotations
-            if shifts is not None:  # shifts stay hard: searched locally at the most probable rotation
-                search = BeamSearchConfig(shift_step=self.apix, shift_limit=self.encoder.max_shift_A)
-                shifts, _ = shift_search(cost, self.grid[top.indices[:, 0]], shifts, search)
-                at = shifts[:, None]
-        loss = (self.pose_loss(self.grid[top.indices], at, batch, target, self.field()) * weights).sum(1).mean()
+            top = (-costs * len(self.mask_index)).topk(self.cfg.marginal_keep, dim=1)  # of the (C · S) poses
+            weights = torch.softmax(top.values, 1)  # (B, K) posterior over the kept poses
+            n_shifts = 1 if candidates is None else candidates.shape[1]
+            rotations = self.grid[top.indices // n_shifts]  # (B, K, 3, 3)
+            shifts = None if candidates is None else candidates.gather(
+                1, (top.indices % n_shifts)[..., None].expand(-1, -1, 2))  # (B, K, 2)
+        loss = (self.pose_loss(rotations, shifts, batch, target, self.field()) * weights).sum(1).mean()
         self.opt_volume.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_volume.step()
         with torch.no_grad():
-            self.table.base[index], self.table.rotvec[index] = self.grid[top.indices[:, 0]], 0.0
+            self.table.base[index], self.table.rotvec[index] = rotations[:, 0], 0.0
             if shifts is not None:
-                self.table.shift[index] = shifts
+                self.table.shift[index] = shifts[:, 0]
             self.opt_pose.reset(index)
             self.top_weight += torch.stack([weights[:, 0].sum(), weights.new_full((), len(index))])
         return {"loss": loss.item()}
+
+    def _marginal_shifts(self, index: Tensor) -> Tensor | None:
+        """Shifts ``(B, S, 2)`` Å a marginal step weighs for each particle: a ``(2·span + 1)²`` grid of 1 px steps
+        around its own, within the largest shift; None without shift estimation."""
+        if not self.cfg.shifts:
+            return None
+        span = self.cfg.marginal_shift_span
+        axis = torch.arange(-span, span + 1, device=self.device, dtype=self.table.shift.dtype) * self.apix
+        limit = self.encoder.max_shift_A
+        return (self.table.shift[index][:, None] + torch.cartesian_prod(axis, axis)).clamp(-limit, limit)
 
     def _direct_step(self, batch: dict, target: Tensor) -> dict[str, float]:
         index = batch["index"].to(self.device)
