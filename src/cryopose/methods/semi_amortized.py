@@ -18,8 +18,7 @@ Hard assignment from a map that knows nothing cannot start where a low-resolutio
 The loss band is held at ``resolution_start_A`` (default 20 Å) through stage 1 and widens to Nyquist over the
 ``band_ramp_epochs`` epochs after the switch (after the marginal epochs). Not in the paper, whose reference code fits
 unwhitened spectra (low frequencies dominate its loss); on whitened spectra every coefficient counts alike, and an
-encoder trained on the whole band learns nothing: under the true map, noise-free demo data (32 px, 10,000 images,
-7 heads, 6 epochs), median pose error 108° (whole band) vs 50° (20 Å band, still falling).
+encoder trained on the whole band learns nothing, even under the true map (``docs/methods.md``).
 
 In the epochs listed in ``search_epochs`` (counted from the switch, 0 = the first epoch after it; not in the paper,
 and not in marginal epochs) each particle, the first time it is seen in the epoch, is also searched globally on the
