@@ -25,7 +25,7 @@ from cryopose.io.mrc import read_map
 from cryopose.simulation.simulate import SimulationConfig, simulate
 
 DIRECT = ["--epochs", "3", "--switch-epoch", "0", "--marginal-epochs", "0", "--resolution-start", "0", "--batch", "16",
-          "--device", "cpu"]
+          "--device", "cpu", "--local-rounds", "0"]  # the training compared: the local refinement runs on rank 0 alone
 
 
 @pytest.fixture(scope="module")

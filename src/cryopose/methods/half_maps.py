@@ -63,7 +63,7 @@ def refine_and_score(dataset: ParticleDataset, half: int, other_map: Tensor, she
             for _ in range(steps):
                 opt.zero_grad()
                 fitted_residual(volume, b, rot @ roma.rotvec_to_rotmat(turn), None if shift is None else shift + move,
-                          dataset.pixel_size_A, sigma, pixels).sum().backward()
+                                dataset.pixel_size_A, sigma, pixels).sum().backward()
                 opt.step()
             rot = rot @ roma.rotvec_to_rotmat(turn.detach())
             for i, p in enumerate(poses):
