@@ -165,13 +165,19 @@ def test_building_a_method_leaves_the_global_random_state_alone():
 
 @pytest.mark.slow
 def test_demo_runs_the_default_method_and_the_oracle_and_reports_both(tmp_path, capsys):
-    """``cryopose demo`` at a small size: the oracle (true poses) and the default ab initio run are both evaluated
-    against the truth, and the report holds the run's training curves."""
-    assert main(["--quiet", "demo", "-o", str(tmp_path / "demo"), "--n", "300", "--snr", "1"]) == 0
+    """``cryopose demo`` as a user runs it (2,000 images of the built-in molecule, SNR 0.5, default settings): the
+    oracle (true poses) and the default ab initio run are both evaluated against the truth, the run reaches the
+    oracle's resolution with its poses within a few degrees (measured: 6.00 Å vs 6.00 Å, median 2.78°, all within
+    10°), and the report holds the run's training curves."""
+    assert main(["--quiet", "demo", "-o", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "ab initio (semi-amortized, default settings)" in out and "the true-pose map's" in out
     evaluation = json.loads((tmp_path / "demo/run/evaluation.json").read_text())
     oracle = json.loads((tmp_path / "demo/oracle/evaluation.json").read_text())
-    assert oracle["fsc_vs_reference"]["resolution_0.5_A"] < 8.0  # Nyquist 6 Å
-    assert evaluation["poses"]["n"] == 300 and evaluation["files"]["training_png"] == "plots/training.png"
+    best = oracle["fsc_vs_reference"]["resolution_0.5_A"]
+    assert best < 6.5  # Nyquist 6 Å
+    assert evaluation["fsc_vs_reference"]["resolution_0.5_A"] <= 1.1 * best
+    assert evaluation["poses"]["n"] == 2000 and evaluation["poses"]["rotation_median_deg"] < 3.5
+    assert evaluation["poses"]["rotation_within_10deg"] > 0.95
+    assert evaluation["files"]["training_png"] == "plots/training.png"
     assert (tmp_path / "demo/run/plots/training.png").stat().st_size > 0
