@@ -54,6 +54,14 @@ class BeamSearchConfig:
     shift_limit: float | None = None
 
 
+def shift_grid(shifts: Tensor, step: float, span: int, limit: float | None = None) -> Tensor:
+    """Candidate shifts ``(B, (2·span + 1)², 2)`` on a grid of ``step`` around each of ``shifts`` ``(B, 2)``, every
+    component within ``± limit`` (None: unbounded)."""
+    axis = torch.arange(-span, span + 1, device=shifts.device, dtype=shifts.dtype) * step
+    candidates = shifts[:, None] + torch.cartesian_prod(axis, axis)
+    return candidates if limit is None else candidates.clamp(-limit, limit)
+
+
 @torch.no_grad()
 def shift_search(cost: Cost, rotations: Tensor, shifts: Tensor, cfg: BeamSearchConfig,
                  radius: float | None = None) -> tuple[Tensor, Tensor]:
@@ -63,11 +71,7 @@ def shift_search(cost: Cost, rotations: Tensor, shifts: Tensor, cfg: BeamSearchC
     best = cost(rotations[:, None], radius=radius, shifts=shifts[:, None]).squeeze(1)
     step, span = cfg.shift_step, cfg.shift_span
     for _ in range(cfg.shift_levels):
-        axis = torch.arange(-span, span + 1, device=shifts.device, dtype=shifts.dtype) * step
-        offsets = torch.cartesian_prod(axis, axis)  # (K, 2)
-        candidates = shifts[:, None] + offsets
-        if cfg.shift_limit is not None:
-            candidates = candidates.clamp(-cfg.shift_limit, cfg.shift_limit)
+        candidates = shift_grid(shifts, step, span, cfg.shift_limit)
         scores = cost(rotations[:, None], radius=radius, shifts=candidates)  # one slice, K shifts each
         low, pick = scores.min(1)
         better = low < best

@@ -39,7 +39,7 @@ from torch import Tensor
 from ..geometry.so3_grid import cell_quaternions, quaternion_to_matrix
 from ..models.poses import PoseTable, RowAdam
 from .autoencoder import EncoderDecoder
-from .beam_search import BeamSearchConfig, beam_search
+from .beam_search import BeamSearchConfig, beam_search, shift_grid
 from .config import SemiAmortizedConfig
 from .losses import target_spectra
 
@@ -176,10 +176,7 @@ class SemiAmortized(EncoderDecoder):
         around its own, within the largest shift; None without shift estimation."""
         if not self.cfg.shifts:
             return None
-        span = self.cfg.marginal_shift_span
-        axis = torch.arange(-span, span + 1, device=self.device, dtype=self.table.shift.dtype) * self.apix
-        limit = self.encoder.max_shift_A
-        return (self.table.shift[index][:, None] + torch.cartesian_prod(axis, axis)).clamp(-limit, limit)
+        return shift_grid(self.table.shift[index], self.apix, self.cfg.marginal_shift_span, self.encoder.max_shift_A)
 
     def _direct_step(self, batch: dict, target: Tensor) -> dict[str, float]:
         index = batch["index"].to(self.device)
