@@ -49,14 +49,18 @@ def test_band_held_through_stage_1_then_widened_and_restored_from_a_checkpoint()
     assert torch.equal(restored.density(), method.density())
 
 
-def test_shared_rotations_scored_by_matrix_products_match_the_rendered_loss():
+@pytest.mark.parametrize("noise", ["white", "shell"])
+def test_shared_rotations_scored_by_matrix_products_match_the_rendered_loss(noise):
     """The marginal epochs score every image at the same grid rotations and a few shifts each by matrix products;
-    the losses equal those of rendering every (image, rotation, shift) through ``pose_loss``."""
+    the losses equal those of rendering every (image, rotation, shift) through ``pose_loss``, under one σ and under
+    a noise model per shell alike."""
     import roma
 
+    from cryopose.methods.noise import shell_grid
     from cryopose.physics.ctf import CTFParams
 
-    dec = ExplicitDecoder(24, 3.0, 1.0, torch.device("cpu"), lr=1e-2, mantissa_exponent=False, init_rms=1.0,
+    sigma = 1.0 if noise == "white" else shell_grid(1 / (1 + torch.arange(13.0)), 24)
+    dec = ExplicitDecoder(24, 3.0, sigma, torch.device("cpu"), lr=1e-2, mantissa_exponent=False, init_rms=1.0,
                           resolution_start_A=12.0)
     dec.set_band(0, ramp_epochs=4)
     gen = torch.Generator().manual_seed(0)

@@ -113,7 +113,7 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="run directory")
     p.add_argument("--method", default="semi-amortized", choices=["semi-amortized", "search-supervised"],
                    help="reconstruction method")
-    from .methods.config import METHOD_CONFIGS  # no torch: --help stays fast
+    from .methods.config import METHOD_CONFIGS, NOISE_MODELS  # no torch: --help stays fast
 
     runs = {name: (kind.epochs, kind.batch) for name, kind in METHOD_CONFIGS.items()}
     p.add_argument("--epochs", type=int, default=None, help="total epochs [default: " + ", ".join(
@@ -141,6 +141,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                    help="after training, refine every pose locally against the map of the other half of the particles "
                         "(gold-standard, as RELION's auto-refine) for N rounds, and reconstruct map.mrc from the "
                         "refined poses (0: the trained map and poses as they are)")
+    p.add_argument("--noise-model", choices=NOISE_MODELS, default="shell",
+                   help="the images' noise: shell (its power per resolution shell, from the images outside the "
+                        "particle, then from the residuals after training, as RELION) or white (one level)")
     p.add_argument("--exclude-worst", type=float, default=0.0, metavar="FRACTION",
                    help="leave this share of the particles that fit the final map worst (junk) out of map.mrc and "
                         "the half maps; every particle's fit score is in poses.star (rlnLogLikeliContribution)")

@@ -13,7 +13,7 @@ import numpy as np
 from ..io.atomic import atomic_path
 from ..io.run_files import PLOTS, REPORT
 from ..report.html import write_html
-from ..report.plots import FSCCurve, plot_fsc, plot_map_views, plot_pose_errors, plot_training
+from ..report.plots import FSCCurve, plot_fsc, plot_map_views, plot_noise, plot_pose_errors, plot_training
 
 
 def write_fsc_csv(path: str | os.PathLike, curves: Sequence[FSCCurve]) -> None:
@@ -83,6 +83,10 @@ def _sections(result: dict) -> list[tuple[str, dict[str, str]]]:
             "pose alignment vs map alignment (≈ 0° when they agree)": _fmt(poses["frame_vs_map_deg"], "°", 1) +
                 (" and the other hand" if poses["mirrored"] else ""),
         }))
+    errors = (result.get("noise") or {}).get("max_error_vs_simulation")
+    if errors:
+        sections.append(("Noise model vs the simulated spectrum", {
+            f"{label}: largest error over the shells": f"{100 * e:.1f} %" for label, e in errors.items()}))
     sections.append(("Inputs", {"map": result["map"], "reference": result["reference"] +
                                 (" (resampled to the map's grid)" if result["reference_resampled"] else ""),
                                 "box": f"{result['box']} voxels", "voxel size": _fmt(result["apix_A"], " Å", 3),
@@ -92,11 +96,12 @@ def _sections(result: dict) -> list[tuple[str, dict[str, str]]]:
 
 def write_report(out_dir: str | os.PathLike, result: dict, curves: Sequence[FSCCurve], maps: dict[str, np.ndarray],
                  pose_errors: dict[str, np.ndarray] | None = None, epochs: Sequence[dict] = (),
-                 oracle_A: float | None = None) -> dict[str, str]:
+                 oracle_A: float | None = None, noise: dict | None = None) -> dict[str, str]:
     """Write ``plots/fsc.png``/``fsc.csv``, ``plots/map_views.png``, ``plots/pose_errors.png`` (when
     ``pose_errors`` has ``rotation_deg``, ``viewing_deg`` and optionally ``shift_A``, each ``(N,)``),
     ``plots/training.png`` (when the run's ``epochs`` log records were measured against the truth; ``oracle_A``:
-    the true-pose map's resolution) and ``report.html`` (figures embedded) in ``out_dir``.
+    the true-pose map's resolution), ``plots/noise.png`` (``noise``: ``frequency_per_A`` and ``sigma``, the
+    spectra by label, see :func:`plot_noise`) and ``report.html`` (figures embedded) in ``out_dir``.
 
     Returns the written files (relative to ``out_dir``) by kind.
     """
@@ -116,6 +121,10 @@ def write_report(out_dir: str | os.PathLike, result: dict, curves: Sequence[FSCC
         training = plots / "training.png"
         plot_training(training, measured, oracle_A)
         figures.append((training, "Resolution and pose error of each epoch's map and poses against training time"))
+    if noise:
+        spectrum = plots / "noise.png"
+        plot_noise(spectrum, np.asarray(noise["frequency_per_A"]), noise["sigma"])
+        figures.append((spectrum, "Noise σ per shell: the run's noise model and, for simulated data, the drawn one"))
     html = out / REPORT
     notes = ["Resolutions are read where the FSC first falls below the threshold (linear interpolation between "
              "shells): 0.5 against the reference, 0.143 between independent half maps."]
@@ -125,4 +134,6 @@ def write_report(out_dir: str | os.PathLike, result: dict, curves: Sequence[FSCC
         files["pose_errors_png"] = errors
     if measured:
         files["training_png"] = training
+    if noise:
+        files["noise_png"] = spectrum
     return {k: v.relative_to(out).as_posix() for k, v in files.items()}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..evaluate.compare import finite, fsc_curve, pose_errors, read_maps, reference_on_grid
+from ..evaluate.noise import noise_spectra
 from ..evaluate.report import write_report
 from ..evaluate.symmetry import fit_symmetry
 from ..geometry.symmetry import point_group
@@ -102,11 +103,12 @@ def evaluate_run(map_path_or_run_dir: str | os.PathLike, ref_path: str | os.Path
         result["poses"], errors = pose_errors(read_particles(poses_est), read_particles(poses_truth), alignment,
                                               group)
         result["poses"].update(estimated=str(poses_est), truth=str(poses_truth), symmetry=symmetry)
-    epochs = [r for r in MetricsLog(target / LOG).records() if r.get("kind") == "epoch"] \
-        if target.is_dir() and (target / LOG).exists() else []
+    records = MetricsLog(target / LOG).records() if target.is_dir() and (target / LOG).exists() else []
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    result["noise"] = noise_spectra(records, box, size, ref_path.parent / "simulation.json")
     result["files"] = {"map_aligned": MAP_ALIGNED, "evaluation_json": EVALUATION,
                        **write_report(out, result, curves, {"aligned map": aligned, "reference": ref}, errors,
-                                      epochs, oracle_A)}
+                                      epochs, oracle_A, result["noise"])}
     with atomic_path(out / EVALUATION) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result

@@ -24,10 +24,11 @@ from ..io.particles import ParticleTable
 from ..io.run_files import HALF_MAPS, LOG, MAP, POSES
 from ..io.star import write_star
 from ..methods.backprojection import backproject_dataset
-from ..methods.config import METHOD_CONFIGS, flag_settings, parse_value
+from ..methods.config import METHOD_CONFIGS, NOISE_MODELS, flag_settings, parse_value
 from ..methods.fit_score import fit_scores, worst
 from ..methods.half_maps import LocalRefineConfig, local_refine
-from ..methods.losses import noise_sigma, signal_shell_rms
+from ..methods.losses import signal_shell_rms
+from ..methods.noise import initial_model, reference_sigma, residual_model, shell_profile
 from ..methods.pseudo_symmetry import relax_pseudo_symmetry
 from ..methods.search_supervised import SearchSupervised
 from ..methods.semi_amortized import SemiAmortized
@@ -56,6 +57,7 @@ class ReconstructOptions:
     halves: bool = False
     relax_symmetry: bool = True
     local_rounds: int = 5
+    noise_model: str = "shell"
     symmetry: str = "C1"
     exclude_worst: float = 0.0
     ref: str | os.PathLike | None = None
@@ -78,6 +80,8 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
     if options.method not in METHODS:
         raise InputError(None, f"unknown --method {options.method!r} (choose from {', '.join(METHODS)})")
     point_group(options.symmetry)  # an unknown group fails here, before any work
+    if options.noise_model not in NOISE_MODELS:
+        raise InputError(None, f"--noise-model takes {' or '.join(NOISE_MODELS)}, not '{options.noise_model}'")
     if not 0 <= options.exclude_worst < 1:
         raise InputError(None, f"--exclude-worst must be in [0, 1), not {options.exclude_worst}")
     with distributed.session(resolve_device(options.device)) as (ctx, device):
@@ -90,6 +94,7 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
         log = MetricsLog(run / LOG)
         torch.manual_seed(config["seed"])
         model, sigma = _build_method(config, dataset, device)
+        log.write(kind="noise", model=config.get("noise_model", "white"), sigma_per_shell=shell_profile(sigma))
         reference = None if config["reference"] is None else torch.tensor(
             reference_on_grid(config["reference"], dataset.box, dataset.pixel_size_A)[0])
         symmetry = config.get("symmetry", "C1")
@@ -105,6 +110,10 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
             model.distribute(lambda module: module)
         if not ctx.first:  # rank 0 writes the outputs; every rank holds the merged poses and the same map
             return {}
+        if config.get("noise_model", "white") == "shell":  # from the residuals under the trained map and poses
+            sigma = residual_model(dataset, model.density().cpu(), *model.poses(), sigma, seed=config["seed"],
+                                   device=device)
+            log.write(kind="noise", model="residuals", sigma_per_shell=shell_profile(sigma))
         density, rotations, shifts, moved = _final_poses(model, dataset, sigma, measure, log, device,
                                                          config.get("relax_symmetry", True),
                                                          config.get("local_rounds", 0), symmetry)
@@ -143,25 +152,26 @@ def _configuration(particles, options: ReconstructOptions, data: DataOptions, da
             "checkpoint_minutes": options.checkpoint_minutes,
             "reference": None if options.ref is None else str(Path(options.ref).resolve()),
             "datadir": data.datadir, "options": asdict(method_cfg), "processes": processes,
-            "relax_symmetry": options.relax_symmetry,
-            "local_rounds": options.local_rounds, "symmetry": options.symmetry.strip().upper(),
+            "relax_symmetry": options.relax_symmetry, "local_rounds": options.local_rounds,
+            "noise_model": options.noise_model, "symmetry": options.symmetry.strip().upper(),
             "exclude_worst": options.exclude_worst}
 
 
 def _build_method(config: dict, dataset: ParticleDataset, device: torch.device):
-    """The method of ``config`` and the images' noise level per Fourier coefficient, both from 512 images."""
+    """The method of ``config`` and the images' noise model ``(D, D)`` (:mod:`cryopose.methods.noise`), both from
+    512 images (runs from before the noise models have the white one)."""
     sample = np.sort(np.random.default_rng(config["seed"]).choice(len(dataset), min(len(dataset), 512),
                                                                   replace=False))
     stats = dataset.__getitems__(sample)
-    sigma = noise_sigma(stats["images"])
-    init_rms = signal_shell_rms(stats["images"], stats["ctf"], dataset.pixel_size_A, sigma)
+    sigma = initial_model(config.get("noise_model", "white"), stats["images"])
+    init_rms = signal_shell_rms(stats["images"], stats["ctf"], dataset.pixel_size_A, sigma, reference_sigma(sigma))
     method = config["method"]
     model = METHODS[method](METHOD_CONFIGS[method](**_stored(config["options"])), len(dataset), dataset.box,
                             dataset.pixel_size_A, sigma, device, seed=config["seed"], init_rms=init_rms)
     return model, sigma
 
 
-def _final_poses(model, dataset: ParticleDataset, sigma: float, measure: Measure, log: MetricsLog,
+def _final_poses(model, dataset: ParticleDataset, sigma: torch.Tensor, measure: Measure, log: MetricsLog,
                  device: torch.device, relax: bool, local_rounds: int, symmetry: str = "C1"):
     """The trained map and poses; in C1 the pseudo-symmetry relaxation when ``relax`` (an exact symmetry is reported
     instead, with a warning suggesting ``--symmetry``); then ``local_rounds`` rounds of local refinement against the
@@ -271,7 +281,8 @@ def run(args: argparse.Namespace) -> None:
     options = ReconstructOptions(method=args.method, epochs=args.epochs, batch=args.batch, shifts=args.shifts,
                                  device=args.device, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
                                  workers=args.workers, halves=args.halves, relax_symmetry=args.relax_symmetry,
-                                 local_rounds=args.local_rounds, symmetry=args.symmetry,
+                                 local_rounds=args.local_rounds, noise_model=args.noise_model,
+                                 symmetry=args.symmetry,
                                  exclude_worst=args.exclude_worst, ref=args.ref,
                                  method_options=method_options(args))
     data = DataOptions(datadir=args.datadir, apix=args.apix, box=args.box, invert=args.invert)

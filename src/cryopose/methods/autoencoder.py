@@ -19,8 +19,8 @@ class EncoderDecoder(ExplicitDecoder):
     ``lr_encoder``, ``lr_decoder``, ``mantissa_exponent``, ``loss``, ``radius_px`` and ``resolution_start_A``.
     """
 
-    def __init__(self, cfg, heads: int, box: int, pixel_size_A: float, noise_sigma: float, device: torch.device,
-                 seed: int, init_rms: float | Tensor):
+    def __init__(self, cfg, heads: int, box: int, pixel_size_A: float, noise_sigma: float | Tensor,
+                 device: torch.device, seed: int, init_rms: float | Tensor):
         self.cfg, self.device = cfg, device
         with torch.random.fork_rng(devices=[]):  # the seed decides the initial weights, not the caller's RNG
             torch.manual_seed(seed)
@@ -43,12 +43,14 @@ class EncoderDecoder(ExplicitDecoder):
         return 0, 0
 
     def state_dict(self) -> dict:
-        return {"config": asdict(self.cfg), "sigma": self.sigma, "encoder": self.encoder.state_dict(),
-                "volume": self.volume.state_dict(), "opt_encoder": self.opt_encoder.state_dict(),
-                "opt_volume": self.opt_volume.state_dict(), "radius": self.radius}
+        return {"config": asdict(self.cfg), "sigma": self.sigma, "noise": self.noise.cpu(),
+                "encoder": self.encoder.state_dict(), "volume": self.volume.state_dict(),
+                "opt_encoder": self.opt_encoder.state_dict(), "opt_volume": self.opt_volume.state_dict(),
+                "radius": self.radius}
 
     def load_state_dict(self, state: dict) -> None:
         self.sigma = state["sigma"]
+        self.set_noise(state["noise"] if "noise" in state else torch.full((self.box, self.box), self.sigma))
         self.encoder.load_state_dict(state["encoder"])
         self.volume.load_state_dict(state["volume"])
         self.opt_encoder.load_state_dict(state["opt_encoder"])

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 PAPER, OURS = "paper", "ours"
+NOISE_MODELS = ("shell", "white")  # the images' noise models (cryopose.methods.noise)
 
 
 def setting(default, help: str, source: str = PAPER, flag: bool = False, internal: bool = False,

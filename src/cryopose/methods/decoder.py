@@ -11,7 +11,8 @@ from ..models.volume import HartleyVolume
 from ..physics.ctf import compute_ctf
 from ..physics.fourier import frequency_grid_2d, ihartley3_centered, radius_grid
 from ..physics.projection import circular_mask, extract_slices, render, shift_phase
-from .losses import shared_slice_loss, slice_loss
+from .losses import shared_slice_loss, slice_loss, target_spectra
+from .noise import reference_sigma
 
 
 class ExplicitDecoder:
@@ -22,8 +23,10 @@ class ExplicitDecoder:
 
     Args:
         box, pixel_size_A: the data (after any downsampling).
-        noise_sigma: noise standard deviation per Fourier coefficient of the normalised images; spectra are
-            divided by it, so the volume lives in whitened units.
+        noise_sigma: noise standard deviation per Fourier coefficient of the normalised images, one number or a
+            noise model ``(D, D)`` (:mod:`cryopose.methods.noise`); spectra are divided by it. The volume lives
+            in units of its :func:`~cryopose.methods.noise.reference_sigma` (``self.sigma``), and its slices are
+            whitened by the model's shape.
         init_rms: starting RMS of the volume's coefficients (whitened units), a number or a radial profile
             (see :func:`cryopose.methods.losses.signal_shell_rms`).
         radius_px: frequencies beyond it (pixels) are left out of the loss (default: Nyquist).
@@ -32,17 +35,29 @@ class ExplicitDecoder:
             whole band from the start). Renders and the map are limited to the same band.
     """
 
-    def __init__(self, box: int, pixel_size_A: float, noise_sigma: float, device: torch.device, *,
+    def __init__(self, box: int, pixel_size_A: float, noise_sigma: float | Tensor, device: torch.device, *,
                  lr: float, mantissa_exponent: bool, init_rms: float | Tensor, loss: str = "nll",
                  radius_px: float | None = None, resolution_start_A: float | None = None):
-        self.box, self.apix, self.sigma, self.loss_kind = box, pixel_size_A, noise_sigma, loss
+        self.box, self.apix, self.loss_kind, self.device = box, pixel_size_A, loss, device
+        model = noise_sigma if isinstance(noise_sigma, Tensor) else torch.full((box, box), float(noise_sigma))
+        self.sigma = reference_sigma(model)
+        self.set_noise(model)
         self.radius_end = box / 2 if radius_px is None else min(float(radius_px), box / 2)
         self.radius_start = min(self.radius_end, self.radius_at(resolution_start_A) or self.radius_end)
         self.volume = HartleyVolume(box, mantissa_exponent=mantissa_exponent, init_rms=init_rms).to(device)
         self.field: torch.nn.Module = self.volume  # what training calls; a DDP wrapper after distribute()
         self.opt_volume = torch.optim.Adam(self.volume.parameters(), lr=lr)
-        self.device = device
         self._limit(self.radius_end)
+
+    def set_noise(self, model: Tensor) -> None:
+        """Whiten by the noise model ``model`` ``(D, D)`` from now on (the volume keeps its unit ``self.sigma``)."""
+        self.noise = model.float().flatten().to(self.device)  # (D·D,) σ per coefficient
+        whiten = (self.sigma / self.noise).view(self.box, self.box)  # a slice in whitened units: its coefficients
+        self.whiten = None if bool((whiten == whiten[0, 0]).all()) else whiten  # times this; white: nothing to do
+
+    def target(self, images: Tensor) -> Tensor:
+        """Whitened spectra ``(B, M)`` of ``images`` ``(B, D, D)`` over the current band's pixels."""
+        return target_spectra(images, self.noise, self.mask_index)
 
     def _limit(self, radius: float) -> None:
         """Fit, render and return the map for ``|q| ≤ radius`` pixels only."""
@@ -81,7 +96,7 @@ class ExplicitDecoder:
             inside = self.mask_radius <= radius
             pixels, target, limit = pixels[inside], target[:, inside], radius
         spectra = render(volume, rotations, self.apix, ctf=batch["ctf"], shifts_A=shifts, radius=limit,
-                         real_space=False, pixels=pixels)
+                         real_space=False, pixels=pixels, weight=self.whiten)
         target = target.reshape(target.shape[:1] + (1,) * (rotations.ndim - 4) + target.shape[1:])
         return slice_loss(spectra, target, self.loss_kind)
 
@@ -92,6 +107,8 @@ class ExplicitDecoder:
         rotation sliced once and the images scored by matrix products (:func:`shared_slice_loss`)."""
         slices = extract_slices(volume, rotations, radius=self.radius, output="fourier", pixels=self.mask_index)
         ctf = compute_ctf(batch["ctf"], self.box, self.apix).flatten(-2)[:, self.mask_index]
+        if self.whiten is not None:
+            ctf = ctf * self.whiten.flatten()[self.mask_index]
         phases = None if shifts is None else shift_phase(shifts, self.box, self.apix).flatten(-2)[..., self.mask_index]
         return shared_slice_loss(slices, ctf, phases, target)
 

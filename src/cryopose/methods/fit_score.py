@@ -22,7 +22,7 @@ from .losses import fitted_residual, target_spectra
 
 @torch.no_grad()
 def fit_scores(dataset: ParticleDataset, density: Tensor, rotations: np.ndarray, shifts_A: np.ndarray | None,
-               sigma: float, resolution_A: float | None = None, batch: int = 256,
+               sigma: float | Tensor, resolution_A: float | None = None, batch: int = 256,
                device: torch.device | str = "cpu") -> np.ndarray:
     """Scores ``(N,)`` of the particles (module doc) under the map ``density`` ``(D, D, D)`` at their rotations
     ``(N, 3, 3)`` and origins ``(N, 2)`` Å; ``sigma``: noise standard deviation per Fourier coefficient."""

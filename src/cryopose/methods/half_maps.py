@@ -37,7 +37,7 @@ def half_map(dataset: ParticleDataset, half: int, poses: list[Tensor], shifts: l
 
 
 def refine_and_score(dataset: ParticleDataset, half: int, other_map: Tensor, shell_weights: Tensor,
-                     poses: list[Tensor], shifts: list[Tensor] | None, sigma: float, lr: float, steps: int,
+                     poses: list[Tensor], shifts: list[Tensor] | None, sigma: float | Tensor, lr: float, steps: int,
                      resolution_A: float | None, batch: int, device) -> Tensor:
     """Log-likelihood ``(⌈(N − half) / 2⌉, n)`` of each candidate pose of the particles of one half, in index order,
     scored against ``other_map`` ``(D, D, D)`` with each Fourier shell weighted by ``shell_weights`` ``(D//2 + 1,)``
@@ -79,7 +79,7 @@ def refine_and_score(dataset: ParticleDataset, half: int, other_map: Tensor, she
 
 
 def round_in_turns(dataset: ParticleDataset, maps: list[Tensor], poses: list[Tensor], shifts: list[Tensor] | None,
-                   p: Tensor, sigma: float, lr: float, steps: int, resolution_A: float | None, batch: int,
+                   p: Tensor, sigma: float | Tensor, lr: float, steps: int, resolution_A: float | None, batch: int,
                    device) -> Tensor:
     """One round in turns (module doc) over the ``n`` candidate poses of every particle: each half refined and scored
     against the other's ``maps`` (two ``(D, D, D)``, FSC-weighted here), its weights ``p`` ``(N, n)`` replaced by the
@@ -106,7 +106,7 @@ class LocalRefineConfig:
     batch: int = 256
 
 
-def local_refine(dataset: ParticleDataset, rotations: np.ndarray, shifts_A: np.ndarray | None, sigma: float,
+def local_refine(dataset: ParticleDataset, rotations: np.ndarray, shifts_A: np.ndarray | None, sigma: float | Tensor,
                  cfg: LocalRefineConfig = LocalRefineConfig(),
                  device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Rotations ``(N, 3, 3)`` and origins ``(N, 2)`` Å refined locally against the half maps (module doc), and a

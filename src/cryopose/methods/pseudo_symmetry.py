@@ -90,12 +90,13 @@ def operator_order(angle_deg: float, largest: int = 6) -> int:
 
 
 def relax_pseudo_symmetry(dataset: ParticleDataset, volume: Tensor, rotations: np.ndarray,
-                          shifts_A: np.ndarray | None, sigma: float, cfg: RelaxConfig = RelaxConfig(),
+                          shifts_A: np.ndarray | None, sigma: float | Tensor, cfg: RelaxConfig = RelaxConfig(),
                           device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Poses ``(N, 3, 3)`` and origins ``(N, 2)`` (Å) with each particle at the power of the near-symmetry ``S`` of
     ``volume`` ``(D, D, D)`` that the ``n``-class EM prefers, and a record of what was done.
 
-    ``sigma``: noise standard deviation per Fourier coefficient of the images (:func:`losses.noise_sigma`).
+    ``sigma``: noise standard deviation per Fourier coefficient of the images (one number, or a noise model
+    ``(D, D)`` of :mod:`cryopose.methods.noise`).
     The poses come back unchanged when the map is not pseudo-symmetric (``min_correlation``) or is exactly
     symmetric (``exact_correlation``; the record's ``exact`` is then true).
     """

@@ -39,7 +39,6 @@ from ..physics.projection import render
 from .autoencoder import EncoderDecoder
 from .beam_search import BeamSearchConfig, beam_search
 from .config import SearchSupervisedConfig
-from .losses import target_spectra
 
 
 def beam_config(cfg: SearchSupervisedConfig, start_radius: float | None, pixel_size_A: float,
@@ -67,7 +66,7 @@ class SearchSupervised(EncoderDecoder):
     """
 
     def __init__(self, cfg: SearchSupervisedConfig, n_particles: int, box: int, pixel_size_A: float,
-                 noise_sigma: float, device: torch.device, seed: int = 0, init_rms: float | Tensor = 1e-2):
+                 noise_sigma: float | Tensor, device: torch.device, seed: int = 0, init_rms: float | Tensor = 1e-2):
         super().__init__(cfg, 1, box, pixel_size_A, noise_sigma, device, seed, init_rms)
         self.rotations = torch.eye(3, device=device).repeat(n_particles, 1, 1)
         self.shifts = torch.zeros(n_particles, 2, device=device)
@@ -131,7 +130,7 @@ class SearchSupervised(EncoderDecoder):
         self.denoising = self.searching and self.denoiser is not None and epoch < limit
 
     def step(self, batch: dict) -> dict[str, float]:
-        target = target_spectra(batch["images"], self.sigma, self.mask_index)
+        target = self.target(batch["images"])
         index = batch["index"].to(self.device)
         rotations, shifts = self.encode(batch["images"])  # (B, 1, 3, 3), (B, 1, 2) | None
         predicted = rotations[:, 0]

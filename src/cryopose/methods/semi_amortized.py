@@ -41,7 +41,6 @@ from ..models.poses import PoseTable, RowAdam
 from .autoencoder import EncoderDecoder
 from .beam_search import BeamSearchConfig, beam_search, shift_grid
 from .config import SemiAmortizedConfig
-from .losses import target_spectra
 
 
 class SemiAmortized(EncoderDecoder):
@@ -53,7 +52,7 @@ class SemiAmortized(EncoderDecoder):
     """
 
     def __init__(self, cfg: SemiAmortizedConfig, n_particles: int, box: int, pixel_size_A: float,
-                 noise_sigma: float, device: torch.device, seed: int = 0, init_rms: float | Tensor = 1e-2):
+                 noise_sigma: float | Tensor, device: torch.device, seed: int = 0, init_rms: float | Tensor = 1e-2):
         super().__init__(cfg, cfg.heads, box, pixel_size_A, noise_sigma, device, seed, init_rms)
         self.best_rotations = torch.eye(3, device=device).repeat(n_particles, 1, 1)
         self.best_shifts = torch.zeros(n_particles, 2, device=device)
@@ -89,7 +88,7 @@ class SemiAmortized(EncoderDecoder):
         self.set_lr(self.cfg.lr_decoder_direct)
 
     def step(self, batch: dict) -> dict[str, float]:
-        target = target_spectra(batch["images"], self.sigma, self.mask_index)
+        target = self.target(batch["images"])
         if self.table is None:
             return self._amortized_step(batch, target)
         if self.stage(self.epoch) == "marginal":

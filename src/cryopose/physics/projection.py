@@ -289,6 +289,7 @@ def render(
     radius: float | None = None,
     real_space: bool = True,
     pixels: Tensor | None = None,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Slice → CTF → shift: images ``(..., D, D)`` (or centred complex spectra if ``real_space=False``).
 
@@ -301,6 +302,8 @@ def render(
             against it: rotations ``(B, 1, 3, 3)`` with shifts ``(B, K, 2)`` render one slice, K shifts).
         pixels: flat indices ``(P,)`` of spectrum pixels: returns those values ``(..., P)`` of the centred
             spectra only (with ``real_space=False``), computing slices, CTF products and shifts for them alone.
+        weight: a real factor ``(D, D)`` on the centred spectrum applied with the CTF (e.g. a whitening filter),
+            at no extra cost per slice.
 
     Images are line integrals in voxel units (sum over z for the identity pose). Differentiable w.r.t. the
     volume, rotations, shifts and CTF parameters.
@@ -317,8 +320,10 @@ def render(
             return x.flatten(-2)[..., pixels].unsqueeze(-2)
         spectra = spectra.unsqueeze(-2)
     nbatch = spectra.ndim - 2
-    if ctf is not None:
-        spectra = spectra * _leading(select(compute_ctf(ctf, box, pixel_size_A, dtype=spectra.real.dtype)), nbatch)
+    if ctf is not None or weight is not None:
+        factor = 1 if ctf is None else compute_ctf(ctf, box, pixel_size_A, dtype=spectra.real.dtype)
+        factor = factor if weight is None else factor * weight.to(spectra.real.dtype)
+        spectra = spectra * _leading(select(factor), nbatch)
     if shifts_A is not None:
         phase = shift_phase(shifts_A.to(spectra.real.dtype), box, pixel_size_A)
         spectra = spectra * _leading(select(phase), nbatch)

@@ -178,3 +178,21 @@ def plot_training(path: str | os.PathLike, epochs: Sequence[dict], oracle_A: flo
         ax.legend(fontsize=8)
     fig.suptitle("Training curves (each epoch's map and poses)")
     _save(fig, path)
+
+
+def plot_noise(path: str | os.PathLike, freq_A: np.ndarray, spectra: dict[str, np.ndarray]) -> None:
+    """Noise σ per resolution shell against frequency ``freq_A`` ``(S,)`` (Å⁻¹), one line per spectrum ``(S,)``
+    (relative units: each has mean 1 over the shells beyond the origin), e.g. a run's estimates and the
+    simulation's."""
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
+    fig.subplots_adjust(bottom=0.15)
+    for (label, sigma), colour in zip(spectra.items(), _COLOURS + ("0.3",) * len(spectra)):
+        ax.plot(freq_A[1:], np.asarray(sigma)[1:], "o-" if "simulat" not in label else "--", color=colour,
+                label=label, ms=3)
+    ax.set_xlabel("spatial frequency (Å⁻¹)")
+    ax.set_ylabel("noise σ per shell (relative)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle("Noise spectrum of the images")
+    _save(fig, path)
