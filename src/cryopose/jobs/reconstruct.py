@@ -24,7 +24,7 @@ from ..io.particles import ParticleTable
 from ..io.run_files import HALF_MAPS, LOG, MAP, POSES
 from ..io.star import write_star
 from ..methods.backprojection import backproject_dataset
-from ..methods.config import METHOD_CONFIGS, NOISE_MODELS, flag_settings, parse_value
+from ..methods.config import METHOD_CONFIGS, NOISE_MODELS, MethodConfig, flag_settings, parse_value
 from ..methods.fit_score import fit_scores, worst
 from ..methods.half_maps import LocalRefineConfig, local_refine
 from ..methods.losses import signal_shell_rms
@@ -165,9 +165,8 @@ def _build_method(config: dict, dataset: ParticleDataset, device: torch.device):
     stats = dataset.__getitems__(sample)
     sigma = initial_model(config.get("noise_model", "white"), stats["images"])
     init_rms = signal_shell_rms(stats["images"], stats["ctf"], dataset.pixel_size_A, sigma, reference_sigma(sigma))
-    method = config["method"]
-    model = METHODS[method](METHOD_CONFIGS[method](**_stored(config["options"])), len(dataset), dataset.box,
-                            dataset.pixel_size_A, sigma, device, seed=config["seed"], init_rms=init_rms)
+    model = METHODS[config["method"]](stored_config(config), len(dataset), dataset.box, dataset.pixel_size_A, sigma,
+                                      device, seed=config["seed"], init_rms=init_rms)
     return model, sigma
 
 
@@ -243,10 +242,12 @@ def _last_figures(log: MetricsLog, moved: dict | None) -> dict:
     return {k: v for k, v in last[-1].items() if k.startswith(keys)} if last else {}
 
 
-def _stored(options: dict) -> dict:
-    """Method settings as read back from ``config.json``: lists there are tuples in the config, and a run started
-    before the denoiser's SNR was named ``denoiser_snr`` has it as ``snr``."""
-    return {("denoiser_snr" if k == "snr" else k): tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+def stored_config(config: dict) -> MethodConfig:
+    """The method settings of a run's ``config.json`` as its method's config: lists there are tuples in the config,
+    and a run started before the denoiser's SNR was named ``denoiser_snr`` has it as ``snr``."""
+    options = {("denoiser_snr" if k == "snr" else k): tuple(v) if isinstance(v, list) else v
+               for k, v in config["options"].items()}
+    return METHOD_CONFIGS[config["method"]](**options)
 
 
 def method_options(args: argparse.Namespace) -> dict:
