@@ -185,6 +185,24 @@ def _shown(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict-poses", formatter_class=Formatter, help="poses of new particles from a finished run",
+                       description="Poses of particles a run did not train on (e.g. new micrographs of the same "
+                                   "sample): the run's encoder proposes, its map picks the best head, and each pose "
+                                   "is refined locally against the map; writes a STAR file (RELION 3.1).")
+    p.add_argument("run", help="run directory of cryopose reconstruct (finished: map.mrc and checkpoint.pt)")
+    p.add_argument("particles", help="particles .star/.cs/.pkl (with CTF), same pixel size as the run's")
+    p.add_argument("-o", "--output", required=True, help="output poses (.star)")
+    p.add_argument("--search", action="store_true",
+                   help="also search the SO(3) grid globally under the map and keep the better pose (slower; for "
+                        "runs whose encoder learned no poses)")
+    p.add_argument("--local-rounds", type=int, default=3, metavar="N", help="rounds of local refinement")
+    p.add_argument("--batch", type=int, default=64, help="images per batch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _add_particle_options(p, images=False)
+    p.set_defaults(job="predict")
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", formatter_class=Formatter, help="FSC and pose error against the truth",
                        description="Align a map (or a run directory's map.mrc) to a reference (rotation search, "
@@ -242,7 +260,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_demo, _add_info, _add_simulate, _add_backproject, _add_reconstruct, _add_evaluate, _add_fsc, _add_symmetry]
+    _add_demo, _add_info, _add_simulate, _add_backproject, _add_reconstruct, _add_predict, _add_evaluate, _add_fsc,
+    _add_symmetry]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -219,6 +219,11 @@ class SearchSupervised(EncoderDecoder):
                 "denoiser": None if self.denoiser is None else self.denoiser.state_dict(),
                 "opt_denoiser": None if self.opt_denoiser is None else self.opt_denoiser.state_dict()}
 
+    @staticmethod
+    def particles_in(state: dict) -> int:
+        """The number of particles of a run whose :meth:`state_dict` is ``state``."""
+        return len(state["rotations"])
+
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.rotations.copy_(state["rotations"])

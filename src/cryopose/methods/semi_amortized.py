@@ -238,6 +238,11 @@ class SemiAmortized(EncoderDecoder):
                 "table": None if self.table is None else self.table.state_dict(),
                 "opt_pose": None if self.opt_pose is None else self.opt_pose.state_dict()}
 
+    @staticmethod
+    def particles_in(state: dict) -> int:
+        """The number of particles of a run whose :meth:`state_dict` is ``state``."""
+        return len(state["best_rotations"])
+
     def load_state_dict(self, state: dict) -> None:
         self.best_rotations.copy_(state["best_rotations"])
         self.best_shifts.copy_(state["best_shifts"])
