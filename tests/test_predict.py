@@ -63,3 +63,12 @@ def test_a_folder_that_is_not_a_finished_run_is_one_error_line(run_and_new_parti
     assert main(["predict-poses", str(tmp_path), str(new / "particles.star"), "-o", str(tmp_path / "p.star")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a finished cryopose run" in err and str(tmp_path) in err
+
+
+def test_particles_of_another_pixel_size_are_one_error_line(run_and_new_particles, tmp_path, capsys):
+    """(``--apix`` also warns that it overrides the stack's header.)"""
+    run, new = run_and_new_particles
+    star = new / "particles.star"
+    assert main(["predict-poses", str(run), str(star), "-o", str(tmp_path / "p.star"), "--apix", "2.0"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cryopose: error:")]
+    assert len(errors) == 1 and "pixel size 2 Å" in errors[0] and str(star) in errors[0]
