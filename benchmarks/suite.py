@@ -18,10 +18,12 @@ each tool in its own process, measured with ``os.wait4`` (wall, user + system CP
 - ``cryodrgn``: ``cryodrgn abinit --zdim 0`` from the virtual environment ``--cryodrgn`` (default
   ``peers/cryodrgn``), skipped when absent.
 
-Every intermediate map a tool writes is aligned to the truth (both hands) and its FSC-0.5 resolution recorded
-against the seconds since the tool started. Results: ``results.json`` (one record per dataset × tool, appended as
-each finishes, so a killed suite keeps what it measured), ``results.md`` (table with the time ratios to RELION
-and cryoDRGN and the resolution ratio to the oracle) and ``time_to_resolution.png``.
+Every tool gets the same wall-clock budget per dataset (``--budget-min``; 30 min on the ``cpu`` preset): one still
+running is stopped, and the maps it wrote are scored. Every intermediate map a tool writes is aligned to the truth
+(both hands) and its FSC-0.5 resolution recorded against the seconds since the tool started. Results:
+``results.json`` (one record per dataset × tool, appended as each finishes, so a killed suite keeps what it
+measured), ``results.md`` (table with the time ratios to RELION and cryoDRGN and the resolution ratio to the
+oracle) and ``time_to_resolution.png``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -59,7 +62,7 @@ PRESETS = {  # box, images, SNR, shift std (px) per variant, epochs of cryopose 
     "tiny": {"box": 32, "n": 1000, "snr": 0.1, "shifts": [0.0], "datasets": ["4AKE"], "apix_scale": 2.0,
              "epochs": 3, "relion_iter": (10, 20, 10)},
     "cpu": {"box": 64, "n": 10000, "snr": 0.1, "shifts": [0.0, 2.0], "datasets": ["4AKE", "2CG9"], "apix_scale": 1.0,
-            "epochs": 6, "relion_iter": (50, 200, 50)},
+            "epochs": 6, "relion_iter": (50, 200, 50), "budget_min": 30},
     "gpu": {"box": 128, "n": 50000, "snr": 0.1, "shifts": [0.0, 2.0], "datasets": ["4AKE", "2CG9", "6VXX"],
             "apix_scale": 0.5, "epochs": 24, "relion_iter": (50, 200, 50)},
     "panel": {"box": 64, "n": 10000, "snr": 0.1, "shifts": [2.0], "datasets": PANEL, "apix_scale": 1.0,
@@ -70,16 +73,28 @@ PRESETS = {  # box, images, SNR, shift std (px) per variant, epochs of cryopose 
 TOOLS = ["oracle", "search-supervised", "semi-amortized", "relion", "cryodrgn"]
 
 
-def measured(cmd: list[str], log: Path, cwd: Path | None = None) -> dict:
-    """Run ``cmd`` (stdout/stderr to ``log``); wall seconds, user + system CPU seconds and peak RSS (MB)."""
-    start = time.time()
+def measured(cmd: list[str], log: Path, cwd: Path | None = None, budget_s: float | None = None) -> dict:
+    """Run ``cmd`` (stdout/stderr to ``log``); wall seconds, user + system CPU seconds and peak RSS (MB). A tool
+    still running after ``budget_s`` seconds is stopped (SIGTERM to its process group, SIGKILL 30 s later) and
+    the record says so (``stopped_at_budget``); the maps it wrote until then are scored as any others."""
+    start, stopped = time.time(), False
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            elapsed = time.time() - start
+            if budget_s is not None and elapsed > budget_s and not stopped:
+                os.killpg(proc.pid, signal.SIGTERM)
+                stopped = True
+            elif stopped and elapsed > budget_s + 30:
+                os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.2)  # polling the child's exit, not a synchronisation
     rc = os.waitstatus_to_exitcode(status)
     return {"command": " ".join(cmd), "returncode": rc, "wall_s": round(time.time() - start, 1),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_MB": round(usage.ru_maxrss / 1024, 1),
-            "start": start}
+            "start": start, "stopped_at_budget": stopped}
 
 
 def simulate(name: str, preset: dict, shift: float, root: Path) -> Path:
@@ -113,7 +128,7 @@ def run_cryopose(method: str):
             ["--switch-epoch", str(epochs // 2), "--search-epochs", "0"])
         cmd = ["cryopose", "reconstruct", str(data / "particles.star"), "-o", str(out / "run"), "--method", method,
                "--force", "--halves"] + settings
-        record = measured(cmd, out / "tool.log")
+        record = measured(cmd, out / "tool.log", budget_s=preset.get("budget_s"))
         log = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines()] \
             if (out / "run" / "log.jsonl").is_file() else []
         epochs_done = [r for r in log if r.get("kind") == "epoch"]
@@ -141,7 +156,7 @@ def run_relion(data: Path, out: Path, preset: dict) -> tuple[dict, list[tuple[fl
            "--dont_combine_weights_via_disc", "--pool", "3", "--pad", "2", "--skip_gridding",
            "--particle_diameter", str(diameter), "--oversampling", "1", "--healpix_order", "1",
            "--offset_range", "6", "--offset_step", "4", "--j", str(os.cpu_count() or 1)]
-    record = measured(cmd, out / "tool.log")  # our STAR names stacks from the working directory, as RELION
+    record = measured(cmd, out / "tool.log", budget_s=preset.get("budget_s"))  # stacks named from the working dir
     maps = sorted(out.glob("run_it*_class001.mrc"))
     timeline = [(p.stat().st_mtime - record["start"], p) for p in maps]
     datas = sorted(out.glob("run_it*_data.star"))
@@ -160,7 +175,8 @@ def run_cryodrgn(venv: Path):
         if prep["returncode"]:
             return {**prep, "skipped": "parse_ctf_star failed"}, [], None
         record = measured([str(exe), "abinit", str(data / "particles.mrcs"), "--ctf", str(out / "ctf.pkl"),
-                           "--zdim", "0", "-o", str(out / "run"), "-n", str(preset["epochs"])], out / "tool.log")
+                           "--zdim", "0", "-o", str(out / "run"), "-n", str(preset["epochs"] or 30)], out / "tool.log",
+                          budget_s=preset.get("budget_s"))
         maps = sorted((out / "run").glob("**/reconstruct*.mrc"), key=lambda p: p.stat().st_mtime)
         return record, [(p.stat().st_mtime - record["start"], p) for p in maps], None
     return run
@@ -211,7 +227,9 @@ def table(records: list[dict]) -> str:
             fmt = (lambda v, s: "–" if v is None else format(v, s))
             ips = r.get("images_per_s")
             lines.append(" | ".join([
-                f"| {name}", tool, fmt(r["wall_s"] / 60, ".1f"), fmt(r["cpu_s"] / 60, ".1f"),
+                f"| {name}", tool, fmt(r["wall_s"] / 60, ".1f") + (" (stopped at the budget)"
+                                                                   if r.get("stopped_at_budget") else ""),
+                fmt(r["cpu_s"] / 60, ".1f"),
                 fmt(r["peak_rss_MB"] / 1024, ".2f"), fmt(sum(ips) / len(ips) if ips else None, ".0f"),
                 fmt(r.get("final_resolution_A"), ".2f"),
                 fmt(r["final_resolution_A"] / oracle if oracle and r.get("final_resolution_A") else None, ".2f"),
@@ -246,8 +264,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tools", nargs="+", choices=TOOLS, default=TOOLS)
     parser.add_argument("--shifts", nargs="+", type=float, default=None, help="shift std (px) of each variant")
     parser.add_argument("--cryodrgn", type=Path, default=Path("peers/cryodrgn"), help="cryoDRGN's venv")
+    parser.add_argument("--budget-min", type=float, default=None,
+                        help="wall-clock budget of every tool per dataset (min): a tool still running is stopped "
+                             "and its last map scored (default: the preset's, 30 for cpu; none for the others)")
     args = parser.parse_args(argv)
-    preset = PRESETS[args.preset]
+    preset = dict(PRESETS[args.preset])
+    budget = preset.get("budget_min") if args.budget_min is None else args.budget_min
+    preset["budget_s"] = None if budget is None else 60 * budget
     runners = {"oracle": run_oracle, "search-supervised": run_cryopose("search-supervised"),
                "semi-amortized": run_cryopose("semi-amortized"), "relion": run_relion,
                "cryodrgn": run_cryodrgn(args.cryodrgn)}
