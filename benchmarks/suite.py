@@ -175,7 +175,8 @@ def run_cryodrgn(venv: Path):
         if prep["returncode"]:
             return {**prep, "skipped": "parse_ctf_star failed"}, [], None
         record = measured([str(exe), "abinit", str(data / "particles.mrcs"), "--ctf", str(out / "ctf.pkl"),
-                           "--zdim", "0", "-o", str(out / "run"), "-n", str(preset["epochs"] or 30)], out / "tool.log",
+                           "--zdim", "0", "-o", str(out / "run"), "-n", str(preset["epochs"] or 30),
+                           "--max-threads", str(os.cpu_count() or 1), "--checkpoint", "1"], out / "tool.log",
                           budget_s=preset.get("budget_s"))
         maps = sorted((out / "run").glob("**/reconstruct*.mrc"), key=lambda p: p.stat().st_mtime)
         return record, [(p.stat().st_mtime - record["start"], p) for p in maps], None
