@@ -74,15 +74,15 @@ def test_a_copy_taken_at_the_switch_can_continue_stage_1(tiny, tmp_path):
     reconstruct(tiny / "particles.star", trunk, ReconstructOptions(epochs=1, batch=16, method_options=FAST,
                                                                 relax_symmetry=False))
     shutil.copytree(trunk, branch)
-    reconstruct(tiny / "particles.star", branch, ReconstructOptions(epochs=2, batch=16, method_options={"switch_epoch": 2}),
-                resume=True)
+    reconstruct(tiny / "particles.star", branch,
+                ReconstructOptions(epochs=2, batch=16, method_options={"switch_epoch": 2}), resume=True)
     assert [r["stage"] for r in _epochs(branch)] == ["amortized", "amortized"]
     assert json.loads((branch / "config.json").read_text())["options"]["switch_epoch"] == 2
     reconstruct(tiny / "particles.star", trunk, ReconstructOptions(epochs=2, batch=16), resume=True)
     assert [r["stage"] for r in _epochs(trunk)] == ["amortized", "marginal"]
     with pytest.raises(InputError, match="the switch cannot move from 1 to 3 epochs"):
-        reconstruct(tiny / "particles.star", trunk, ReconstructOptions(epochs=3, batch=16, method_options={"switch_epoch": 3}),
-                    resume=True)
+        reconstruct(tiny / "particles.star", trunk,
+                    ReconstructOptions(epochs=3, batch=16, method_options={"switch_epoch": 3}), resume=True)
     assert json.loads((trunk / "config.json").read_text())["options"]["switch_epoch"] == 1  # left as it was
 
 

@@ -2,8 +2,9 @@
 
 A method (see :class:`Method`) supplies ``begin_epoch`` (stage switches), ``step`` (one batch), ``end_epoch``
 and its state, and optionally a pre-training stage before the epochs (``pretrain_plan``: steps on random
-batches, e.g. a denoiser); the loop owns the order of particles, the clock, the log and the checkpoints of both. Particle order is a
-pure function of (seed, epoch), so a resumed run replays the same batches from where the checkpoint was taken.
+batches, e.g. a denoiser); the loop owns the order of particles, the clock, the log and the checkpoints of both.
+Particle order is a pure function of (seed, epoch), so a resumed run replays the same batches from where the
+checkpoint was taken.
 In a distributed run (:mod:`cryopose.train.distributed`) each rank trains on its own shard of the particles
 with the same number of batches per epoch; rank 0 logs and writes checkpoints.
 """
