@@ -75,8 +75,8 @@ def test_both_stages_from_nothing_reach_the_poses_by_repeated_searches(tmp_path)
     on one thread (data seeds 2 / 3): 21.9 / 21.7 Å and 125° / 125° at the switch; medians after the searches 81,
     29, 21, 16, 12° and at the end 11.2° / 13.2° (43 % / 37 % within 10°), maps 8.2 / 8.4 Å; seed 2 on two threads
     (other rounding, another path): 14.5°, 27 %, 9.0 Å. With a single search (8 + 6 epochs) the median ended at
-    98°. The white noise model, with which these were measured (at a later commit, two threads: 15.3°, 8.9 Å; the
-    shell model's path on the same white-noise data: 18.5° on two threads, 32.6° on one, white 20.6° on one)."""
+    98°. It runs with the white noise model these were measured with (at a later commit, two threads: 15.3°, 8.9 Å;
+    the shell model's path on the same white-noise data: 18.5° on two threads, 32.6° on one; white 20.6° on one)."""
     data, run = tmp_path / "data", tmp_path / "run"
     simulate(SimulationConfig(source="demo", box=32, apix=3.0, n=1000, snr=0.5, seed=2), data)
     reconstruct(data / "particles.star", run, ReconstructOptions(
