@@ -167,7 +167,7 @@ def _build_method(config: dict, dataset: ParticleDataset, device: torch.device):
     init_rms = signal_shell_rms(stats["images"], stats["ctf"], dataset.pixel_size_A, sigma, reference_sigma(sigma))
     model = METHODS[config["method"]](stored_config(config), len(dataset), dataset.box, dataset.pixel_size_A, sigma,
                                       device, seed=config["seed"], init_rms=init_rms)
-    return model, sigma
+    return model, sigma.to(device)  # on the device once: the refinements after training index it per batch
 
 
 def _final_poses(model, dataset: ParticleDataset, sigma: torch.Tensor, measure: Measure, log: MetricsLog,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..physics.ctf import CTFParams, compute_ctf
-from ..physics.fourier import fft2_centered, radius_grid
+from ..physics.fourier import fft2_centered, frequency_grid_2d
 from ..physics.projection import circular_mask, render
 
 
@@ -36,7 +36,8 @@ def sigma_at(sigma: float | Tensor, pixels: Tensor) -> float | Tensor:
 def pixel_shells(box: int, device=None) -> Tensor:
     """Shell ``round(|k|)`` (pixels) of every coefficient of the centred ``(D, D)`` spectrum, flat ``(D·D,)``, the
     corners beyond Nyquist in the last shell ``D // 2``."""
-    return torch.round(radius_grid(box, device)[box // 2]).long().clamp(max=box // 2).flatten()
+    radius = frequency_grid_2d(box, 1.0 / box, device=device, dtype=torch.float64).norm(dim=-1)  # (D, D) pixels
+    return torch.round(radius).long().clamp(max=box // 2).flatten()
 
 
 def shell_mean(values: Tensor, pixels: Tensor, box: int) -> Tensor:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..io.dataset import ParticleDataset, make_loader
-from ..physics.fourier import fft2_centered, hartley3_centered, radius_grid
+from ..physics.fourier import fft2_centered, frequency_grid_2d, hartley3_centered
 from ..physics.projection import circular_mask, render
 from .config import NOISE_MODELS
 from .losses import noise_sigma, pixel_shells, shell_mean
@@ -41,7 +41,7 @@ def outside_model(images: Tensor, radius_px: float | None = None) -> Tensor:
     box = images.shape[-1]
     radius = 0.4 * box if radius_px is None else radius_px
     edge = 0.05 * box
-    r = radius_grid(box, images.device)[box // 2].float()
+    r = frequency_grid_2d(box, 1.0 / box, device=images.device).norm(dim=-1)  # (D, D) pixels
     mask = 0.5 - 0.5 * torch.cos(torch.pi * ((r - radius) / edge).clamp(0, 1))  # 0 inside, 1 beyond the edge
     power = fft2_centered(images * mask).abs().square().flatten(-2) / mask.square().mean()
     every = torch.arange(box * box, device=images.device)
@@ -76,7 +76,7 @@ def residual_model(dataset: ParticleDataset, density: Tensor, rotations: np.ndar
     box = dataset.box
     volume = hartley3_centered(density.double()).float().to(device)
     pick = np.sort(np.random.default_rng(seed).choice(len(dataset), min(sample, len(dataset)), replace=False))
-    weight = 1 / model.flatten().to(device)
+    w2 = model.flatten().to(device).square().reciprocal()  # whitening weights of the amplitude fit
     total, count = torch.zeros(box // 2 + 1, dtype=torch.float64, device=device), 0
     reached = torch.zeros(box // 2 + 1, dtype=torch.bool, device=device)
     every = torch.arange(box * box, device=device)
@@ -87,7 +87,6 @@ def residual_model(dataset: ParticleDataset, density: Tensor, rotations: np.ndar
         pred = render(volume, rot, dataset.pixel_size_A, ctf=b["ctf"].to(device), shifts_A=shift,
                       real_space=False).flatten(-2)
         y = fft2_centered(b["images"].to(device)).flatten(-2)
-        w2 = weight.square()
         a = (pred.conj() * y * w2).real.sum(-1) / (pred.abs().square() * w2).sum(-1).clamp(min=1e-12)
         residual = (y - a[:, None] * pred).abs().square()
         total += shell_mean(residual, every, box) * len(i)
