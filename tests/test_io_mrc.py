@@ -76,6 +76,7 @@ def test_write_map_round_trip(tmp_path):
     write_map(tmp_path / "m.mrc", data, 1.7)
     m = read_map(tmp_path / "m.mrc")
     np.testing.assert_array_equal(m.data, data)
+    assert m.data.flags.writeable  # torch.from_numpy on a read-only array warns (seen by users of simulate MAP)
     assert m.voxel_size_A == pytest.approx(1.7)
     write_map(tmp_path / "s.mrcs", data, 1.7)
     assert stack_info(tmp_path / "s.mrcs").n_images == 8

@@ -75,7 +75,7 @@ def read_map(path: str | os.PathLike, voxel_size_A: float | None = None) -> MapD
     """Read a 3D map (``.mrc``/``.map``, also ``.gz``/``.bz2``); ``voxel_size_A`` overrides the header."""
     path = Path(path)
     with _open_mrc(path) as mrc:
-        data = np.asarray(mrc.data, dtype=np.float32)
+        data = np.array(mrc.data, dtype=np.float32)  # a writable copy: mrcfile's array is read-only
         vs = mrc.voxel_size
         origin = tuple(float(mrc.header.origin[a]) for a in ("x", "y", "z"))
         sizes = (float(vs.x), float(vs.y), float(vs.z))
