@@ -15,10 +15,10 @@ from .evaluate import evaluate_run
 from .reconstruct import ReconstructOptions, reconstruct
 
 
-def demo(out: str | os.PathLike, *, n: int = 2000, box: int = 32, apix: float = 3.0, snr: float = 0.5,
-         seed: int = 0, force: bool = False) -> dict:
+def demo(out: str | os.PathLike, *, n: int, box: int, apix: float, snr: float, seed: int, force: bool = False) -> dict:
     """Run the demo into ``out``: ``sim/`` (data and truth), ``oracle/`` (the map from the true poses) and ``run/``
-    (the default ab initio run, its evaluation and ``report.html``); returns the summary."""
+    (the default ab initio run, its evaluation and ``report.html``); returns the summary. The demo's settings
+    (``n`` particles of ``box`` px at ``apix`` Å/px, ``snr``, ``seed``) have their defaults in ``cryopose demo``."""
     out = Path(out)
     start = time.time()
     sim, oracle, run = out / "sim", out / "oracle", out / "run"
