@@ -28,6 +28,7 @@ from cryopose.io.particles import ParticleTable
 from cryopose.io.run_files import MAP, POSES
 from cryopose.io.star import write_star
 from cryopose.jobs.reconstruct import _final_poses
+from cryopose.methods.half_maps import LocalRefineConfig, local_refine
 from cryopose.physics.align import MapAlignment, align_maps
 from cryopose.physics.fsc import fsc
 from cryopose.simulation.simulate import SimulationConfig, simulate
@@ -239,3 +240,24 @@ def test_a_c1_run_with_an_exactly_symmetric_map_names_the_group_and_suggests_sym
     assert relaxed is None and rotations is run.rotations[0]  # not relaxed: the poses as trained
     record = [r for r in log.records() if r.get("kind") == "symmetry"][-1]
     assert record["exact"] and record["group"] == "C3" and not record["relaxed"]
+
+
+def test_local_refinement_imposes_the_group_in_its_frame(c3_run):
+    """Poses 6° off the truth refined against half maps with C3 imposed: in the group's frame as good as in C1
+    (measured: median 1.32° with C3, 1.25° in C1; the group's threefold signal changes nothing measurable for
+    C3 at SNR 0.05 to 2 either); with every pose turned off that frame by 50° the C3 half maps are a blur
+    (8.9°, C1 still 1.25°): the group is imposed, in the frame of the poses."""
+    group = point_group("C3")
+    table, dataset, _, _ = c3_run
+    gen = torch.Generator().manual_seed(1)
+    axes = torch.nn.functional.normalize(torch.randn(len(table), 3, generator=gen, dtype=F64), dim=1)
+    start = (roma.rotvec_to_rotmat(axes * math.radians(6.0)) @ torch.as_tensor(table.rotations)).numpy()
+    turn = rotvec_to_matrix(torch.tensor([0.3, -0.6, 0.5], dtype=F64)).numpy()  # 50°
+
+    def error(poses: np.ndarray, imposed: torch.Tensor | None) -> float:
+        refined = local_refine(dataset, poses, None, 1.0, LocalRefineConfig(rounds=3), symmetry=imposed)[0]
+        return pose_error(refined, table.rotations, symmetry=group).rotation_median_deg
+
+    c1 = error(start, None)
+    assert c1 < 2.0 and error(start, group) < 1.2 * c1
+    assert error(start @ turn.T, group) > 3 * c1

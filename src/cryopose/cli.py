@@ -149,7 +149,8 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
                         "the half maps; every particle's fit score is in poses.star (rlnLogLikeliContribution)")
     p.add_argument("--symmetry", default="C1", metavar="G",
                    help="point group Cn, Dn, T, O, I (= I2) or I1-I4: train in C1, then bring the map and poses into "
-                        "RELION's frame for G (as relion_align_symmetry) and reconstruct map.mrc with G imposed")
+                        "RELION's frame for G (as relion_align_symmetry), refine the poses locally and reconstruct "
+                        "map.mrc with G imposed")
     _add_method_settings(p)
     _add_particle_options(p)
     p.set_defaults(job="reconstruct")

@@ -74,8 +74,8 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
     and its mate (``relax_symmetry``, :mod:`cryopose.methods.pseudo_symmetry`); every pose is then refined locally
     against the half maps for ``local_rounds`` rounds (:func:`cryopose.methods.half_maps.local_refine`) and
     ``map.mrc`` is reconstructed from the final poses. With a point group (``symmetry``) training stays C1; the map
-    is then brought into RELION's frame for the group (as ``relion_align_symmetry``), the poses with it, and
-    ``map.mrc`` and the half maps are reconstructed with the group imposed.
+    is then brought into RELION's frame for the group (as ``relion_align_symmetry``), the poses with it, before the
+    local refinement, whose half maps, ``map.mrc`` and the half maps written have the group imposed.
     """
     if options.method not in METHODS:
         raise InputError(None, f"unknown --method {options.method!r} (choose from {', '.join(METHODS)})")
@@ -173,10 +173,11 @@ def _build_method(config: dict, dataset: ParticleDataset, device: torch.device):
 def _final_poses(model, dataset: ParticleDataset, sigma: torch.Tensor, measure: Measure, log: MetricsLog,
                  device: torch.device, relax: bool, local_rounds: int, symmetry: str = "C1"):
     """The trained map and poses; in C1 the pseudo-symmetry relaxation when ``relax`` (an exact symmetry is reported
-    instead, with a warning suggesting ``--symmetry``); then ``local_rounds`` rounds of local refinement against the
-    half maps; then, with a point group ``symmetry``, the map and poses brought into RELION's frame for it and the map
-    reconstructed with it. Each step is logged, and measured when it moved the poses. Returns density ``(D, D, D)``,
-    rotations ``(N, 3, 3)``, shifts ``(N, 2)`` Å or None, and the last record that moved the poses (else None)."""
+    instead, with a warning suggesting ``--symmetry``); with a point group ``symmetry``, the map and poses brought
+    into RELION's frame for it instead; then ``local_rounds`` rounds of local refinement against the half maps (with
+    the group imposed), and the map reconstructed from the final poses (with the group). Each step is logged, and
+    measured when it moved the poses. Returns density ``(D, D, D)``, rotations ``(N, 3, 3)``, shifts ``(N, 2)`` Å or
+    None, and the last record that moved the poses (else None)."""
     density = model.density().cpu()
     rotations, shifts = model.poses()
     moved = None
@@ -194,19 +195,21 @@ def _final_poses(model, dataset: ParticleDataset, sigma: torch.Tensor, measure: 
             record.update(measure(density, rotations, shifts))
             moved = record
         log.write(kind="symmetry", **record)
-    if local_rounds:
-        rotations, shifts, record = local_refine(dataset, rotations, shifts, sigma, LocalRefineConfig(local_rounds),
-                                                 device)
-        density, = backproject_dataset(dataset, rotations, shifts, device=device)
-        moved = {**record, **measure(density, rotations, shifts)}
-        log.write(kind="local_refinement", **moved)
-    if symmetry != "C1":  # the C1 map's frame: the local refinement turned poses, not the map
+    group = None
+    if symmetry != "C1":  # the trained map's axes onto RELION's frame for the group, the poses with them
         fit = fit_symmetry(density, symmetry)
         rotations, shifts = fit.alignment(dataset.pixel_size_A).transform_poses(rotations, shifts)
-        density, = backproject_dataset(dataset, rotations, shifts, symmetry=point_group(symmetry), device=device)
+        group = point_group(symmetry)
+        density, = backproject_dataset(dataset, rotations, shifts, symmetry=group, device=device)
         moved = {"group": symmetry, "group_correlation": fit.correlations[symmetry], "imposed": True,
                  **measure(density, rotations, shifts)}
         log.write(kind="symmetry", **moved)
+    if local_rounds:
+        rotations, shifts, record = local_refine(dataset, rotations, shifts, sigma, LocalRefineConfig(local_rounds),
+                                                 device, symmetry=group)
+        density, = backproject_dataset(dataset, rotations, shifts, symmetry=group, device=device)
+        moved = {**record, **measure(density, rotations, shifts)}
+        log.write(kind="local_refinement", **moved)
     return density, rotations, shifts, moved
 
 

@@ -29,11 +29,12 @@ from .losses import fitted_residual
 
 
 def half_map(dataset: ParticleDataset, half: int, poses: list[Tensor], shifts: list[Tensor] | None,
-             weights: Tensor, batch: int, device) -> Tensor:
+             weights: Tensor, batch: int, device, symmetry: Tensor | None = None) -> Tensor:
     """Map ``(D, D, D)`` of the particles of one half (``index % 2 == half``), each inserted at its ``n`` candidate
-    poses (``poses``, ``shifts``: ``n`` tensors ``(N, 3, 3)``, ``(N, 2)`` Å) with ``weights`` ``(N, n)``."""
+    poses (``poses``, ``shifts``: ``n`` tensors ``(N, 3, 3)``, ``(N, 2)`` Å) with ``weights`` ``(N, n)``, with the
+    point group ``symmetry`` ``(G, 3, 3)`` imposed (None: C1)."""
     return backproject_dataset(dataset, torch.stack(poses, 1), None if shifts is None else torch.stack(shifts, 1),
-                               weights=weights, half=half, batch=batch, device=device)[0]
+                               weights=weights, half=half, batch=batch, symmetry=symmetry, device=device)[0]
 
 
 def refine_and_score(dataset: ParticleDataset, half: int, other_map: Tensor, shell_weights: Tensor,
@@ -80,16 +81,17 @@ def refine_and_score(dataset: ParticleDataset, half: int, other_map: Tensor, she
 
 def round_in_turns(dataset: ParticleDataset, maps: list[Tensor], poses: list[Tensor], shifts: list[Tensor] | None,
                    p: Tensor, sigma: float | Tensor, lr: float, steps: int, resolution_A: float | None, batch: int,
-                   device) -> Tensor:
+                   device, symmetry: Tensor | None = None) -> Tensor:
     """One round in turns (module doc) over the ``n`` candidate poses of every particle: each half refined and scored
     against the other's ``maps`` (two ``(D, D, D)``, FSC-weighted here), its weights ``p`` ``(N, n)`` replaced by the
-    posterior over its candidates and its map rebuilt with them, all in place. Returns the weights before the round."""
+    posterior over its candidates and its map rebuilt with them (point group ``symmetry`` imposed), all in place.
+    Returns the weights before the round."""
     before = p.clone()
     for half in (0, 1):
         weights = fsc(maps[0], maps[1])[1].clamp(0, 1)  # per shell: the other map's expected signal share
         p[half::2] = torch.softmax(refine_and_score(dataset, half, maps[1 - half], weights, poses, shifts, sigma, lr,
                                                     steps, resolution_A, batch, device), dim=1)
-        maps[half] = half_map(dataset, half, poses, shifts, p, batch, device)
+        maps[half] = half_map(dataset, half, poses, shifts, p, batch, device, symmetry)
     return before
 
 
@@ -107,19 +109,20 @@ class LocalRefineConfig:
 
 
 def local_refine(dataset: ParticleDataset, rotations: np.ndarray, shifts_A: np.ndarray | None, sigma: float | Tensor,
-                 cfg: LocalRefineConfig = LocalRefineConfig(),
-                 device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None, dict]:
+                 cfg: LocalRefineConfig = LocalRefineConfig(), device: torch.device | str = "cpu",
+                 symmetry: Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Rotations ``(N, 3, 3)`` and origins ``(N, 2)`` Å refined locally against the half maps (module doc), and a
-    record: the median turn of the poses in each round (degrees). ``sigma``: noise per Fourier coefficient."""
+    record: the median turn of the poses in each round (degrees). ``sigma``: noise per Fourier coefficient;
+    ``symmetry``: a point group ``(G, 3, 3)`` imposed on the half maps (the poses in its frame), or None."""
     poses = [torch.tensor(rotations, dtype=torch.float32)]  # refined in place
     shifts = None if shifts_A is None else [torch.tensor(shifts_A, dtype=torch.float32)]
     p = torch.ones(len(dataset), 1)
-    maps = [half_map(dataset, half, poses, shifts, p, cfg.batch, device) for half in (0, 1)]
+    maps = [half_map(dataset, half, poses, shifts, p, cfg.batch, device, symmetry) for half in (0, 1)]
     turned = []
     for r in progress(range(cfg.rounds), desc="local refinement", unit="round"):
         before = poses[0].clone()
         round_in_turns(dataset, maps, poses, shifts, p, sigma, cfg.lr * 0.5**r, cfg.steps, cfg.resolution_A,
-                       cfg.batch, device)
+                       cfg.batch, device, symmetry)
         turned.append(round(float(roma.rotmat_geodesic_distance(before, poses[0]).median().rad2deg()), 3))
     return (poses[0].double().numpy(), None if shifts is None else shifts[0].double().numpy(),
             {"rounds": cfg.rounds, "median_turn_deg": turned})
