@@ -66,7 +66,7 @@ def finite(x: float) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------------- poses
-def _match(est: ParticleTable, truth: ParticleTable) -> tuple[np.ndarray, np.ndarray]:
+def match_particles(est: ParticleTable, truth: ParticleTable) -> tuple[np.ndarray, np.ndarray]:
     """Row indices pairing estimated with true particles: by image (stack path and index), by stack file name
     and index, or else by row order when both files have the same number of rows."""
     for key in (lambda f: str(f), lambda f: Path(str(f)).name):
@@ -88,7 +88,7 @@ def pose_errors(est: ParticleTable, truth: ParticleTable, alignment: MapAlignmen
     for table in (est, truth):
         if table.rotations is None:
             raise InputError(table.source, "no poses (rlnAngleRot/Tilt/Psi) in this file")
-    i_est, i_true = _match(est, truth)
+    i_est, i_true = match_particles(est, truth)
     shifts = None if est.shifts_A is None else est.shifts_A[i_est]
     rot_est, shift_est = alignment.transform_poses(est.rotations[i_est], shifts)
     shift_true = None if truth.shifts_A is None or shift_est is None else truth.shifts_A[i_true]
