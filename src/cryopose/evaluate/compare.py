@@ -81,14 +81,17 @@ def match_particles(est: ParticleTable, truth: ParticleTable) -> tuple[np.ndarra
 
 
 def pose_errors(est: ParticleTable, truth: ParticleTable, alignment: MapAlignment,
-                symmetry: torch.Tensor | None = None) -> tuple[dict, dict]:
+                symmetry: torch.Tensor | None = None, no_pose: np.ndarray | None = None) -> tuple[dict, dict]:
     """Summary (``PoseError`` fields plus ``frame_vs_map_deg``) and per-particle errors ``(N,)`` of the
     estimated poses, first moved into the reference frame by the map ``alignment``; modulo the point group
-    ``symmetry`` ``(G, 3, 3)`` of the reference when given."""
+    ``symmetry`` ``(G, 3, 3)`` of the reference when given. ``no_pose``: boolean over the rows of ``truth``, the
+    images that hold no particle (simulated junk), left out."""
     for table in (est, truth):
         if table.rotations is None:
             raise InputError(table.source, "no poses (rlnAngleRot/Tilt/Psi) in this file")
     i_est, i_true = match_particles(est, truth)
+    if no_pose is not None:
+        i_est, i_true = i_est[~no_pose[i_true]], i_true[~no_pose[i_true]]
     shifts = None if est.shifts_A is None else est.shifts_A[i_est]
     rot_est, shift_est = alignment.transform_poses(est.rotations[i_est], shifts)
     shift_true = None if truth.shifts_A is None or shift_est is None else truth.shifts_A[i_true]

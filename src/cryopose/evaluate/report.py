@@ -72,7 +72,9 @@ def _sections(result: dict) -> list[tuple[str, dict[str, str]]]:
     poses = result.get("poses")
     if poses:
         sections.append(("Poses vs ground truth", {
-            "particles compared": _fmt(poses["n"]),
+            "particles compared": _fmt(poses["n"]) + (f" (the {poses['simulated_junk_excluded']} simulated junk "
+                                                      "images have no pose)" if poses.get("simulated_junk_excluded")
+                                                      else ""),
             "rotation error mean / median":
                 f"{poses['rotation_mean_deg']:.2f}° / {poses['rotation_median_deg']:.2f}°",
             "particles within 10°": f"{100 * poses['rotation_within_10deg']:.1f} %",
@@ -83,6 +85,13 @@ def _sections(result: dict) -> list[tuple[str, dict[str, str]]]:
             "pose alignment vs map alignment (≈ 0° when they agree)": _fmt(poses["frame_vs_map_deg"], "°", 1) +
                 (" and the other hand" if poses["mirrored"] else ""),
         }))
+    junk = result.get("junk")
+    if junk:
+        sections.append(("Junk (simulated) left out of the map", {
+            "simulated junk images": _fmt(junk["simulated_junk"]),
+            "particles the run left out (rlnClassNumber 2)": _fmt(junk["left_out"]),
+            "share of the junk left out": f"{100 * junk['junk_left_out_share']:.1f} %",
+            "share of the real particles left out": f"{100 * junk['particles_left_out_share']:.1f} %"}))
     errors = (result.get("noise") or {}).get("max_error_vs_simulation")
     if errors:
         sections.append(("Noise model vs the simulated spectrum", {

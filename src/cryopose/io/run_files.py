@@ -19,6 +19,7 @@ EPOCH_MAPS = "maps"
 MAP = "map.mrc"
 POSES = "poses.star"
 HALF_MAPS = ("map_half1.mrc", "map_half2.mrc")
+KEPT, LEFT_OUT = 1, 2  # rlnClassNumber in poses.star: in map.mrc, or left out as junk (relion_reconstruct --class 1)
 EVALUATION = "evaluation.json"
 MAP_ALIGNED = "map_aligned.mrc"
 REPORT = "report.html"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..evaluate.compare import finite, fsc_curve, pose_errors, read_maps, reference_on_grid
+from ..evaluate.junk import junk_found, simulated_junk
 from ..evaluate.noise import noise_spectra
 from ..evaluate.report import write_report
 from ..evaluate.symmetry import fit_symmetry
@@ -100,9 +101,12 @@ def evaluate_run(map_path_or_run_dir: str | os.PathLike, ref_path: str | os.Path
     errors = None
     if poses_truth is not None:
         group = None if symmetry.strip().upper() == "C1" else fit_symmetry(ref, symmetry).elements()
-        result["poses"], errors = pose_errors(read_particles(poses_est), read_particles(poses_truth), alignment,
-                                              group)
-        result["poses"].update(estimated=str(poses_est), truth=str(poses_truth), symmetry=symmetry)
+        estimated, truth = read_particles(poses_est), read_particles(poses_truth)
+        junk = simulated_junk(ref_path.parent / "simulation.json", len(truth))  # images with no pose to find
+        result["poses"], errors = pose_errors(estimated, truth, alignment, group, no_pose=junk)
+        result["poses"].update(estimated=str(poses_est), truth=str(poses_truth), symmetry=symmetry,
+                               simulated_junk_excluded=0 if junk is None else int(junk.sum()))
+        result["junk"] = None if junk is None else junk_found(estimated, truth, junk)
     records = MetricsLog(target / LOG).records() if target.is_dir() and (target / LOG).exists() else []
     epochs = [r for r in records if r.get("kind") == "epoch"]
     result["noise"] = noise_spectra(records, box, size, ref_path.parent / "simulation.json")

@@ -21,7 +21,7 @@ from ..geometry.symmetry import point_group
 from ..io.dataset import DataOptions, ParticleDataset, open_dataset
 from ..io.mrc import write_map
 from ..io.particles import ParticleTable
-from ..io.run_files import HALF_MAPS, LOG, MAP, POSES
+from ..io.run_files import HALF_MAPS, KEPT, LEFT_OUT, LOG, MAP, POSES
 from ..io.star import write_star
 from ..methods.backprojection import backproject_dataset
 from ..methods.config import METHOD_CONFIGS, NOISE_MODELS, MethodConfig, flag_settings, parse_value
@@ -110,21 +110,26 @@ def reconstruct(particles: str | os.PathLike, out: str | os.PathLike,
             model.distribute(lambda module: module)
         if not ctx.first:  # rank 0 writes the outputs; every rank holds the merged poses and the same map
             return {}
+        kept = model.kept()  # the particles training did not leave out as junk
+        if not kept.all():
+            log.write(kind="junk", left_out=int((~kept).sum()), share=round(float((~kept).mean()), 4))
         if config.get("noise_model", "white") == "shell":  # from the residuals under the trained map and poses
             sigma = residual_model(dataset, model.density().cpu(), *model.poses(), sigma, seed=config["seed"],
-                                   device=device)
+                                   device=device, keep=kept)
             log.write(kind="noise", model="residuals", sigma_per_shell=shell_profile(sigma))
         density, rotations, shifts, moved = _final_poses(model, dataset, sigma, measure, log, device,
                                                          config.get("relax_symmetry", True),
-                                                         config.get("local_rounds", 0), symmetry)
+                                                         config.get("local_rounds", 0), symmetry, kept)
         scores = fit_scores(dataset, density, rotations, shifts, sigma, device=device)
-        keep = ~worst(scores, config.get("exclude_worst", 0.0))
-        if not keep.all():  # the map without the particles that fit worst (junk)
-            density, = backproject_dataset(dataset, rotations, shifts, weights=keep.astype(np.float32), device=device)
+        keep = kept & ~worst(scores, config.get("exclude_worst", 0.0))
+        if not (keep == kept).all():  # the map without the particles that fit worst (junk)
+            density, = backproject_dataset(dataset, rotations, shifts, weights=keep.astype(np.float32), device=device,
+                                           symmetry=_imposed(symmetry))
             log.write(kind="exclude", excluded=int((~keep).sum()), score_below=float(scores[keep].min()),
                       **measure(density, rotations, shifts))
         summary = {"kind": "done", **_write_outputs(run, config, table, dataset, density, rotations, shifts,
                                                     scores, keep, options.halves, device)}
+        summary["left_out_as_junk"] = int((~kept).sum())
         summary["seconds"] = round(time.time() - start, 1)
         summary.update(peak_memory(device))
         summary.update(_last_figures(log, moved))
@@ -170,19 +175,28 @@ def _build_method(config: dict, dataset: ParticleDataset, device: torch.device):
     return model, sigma.to(device)  # on the device once: the refinements after training index it per batch
 
 
+def _imposed(symmetry: str) -> torch.Tensor | None:
+    """The point group ``symmetry`` ``(G, 3, 3)`` to impose on a map, None for C1."""
+    return None if symmetry == "C1" else point_group(symmetry)
+
+
 def _final_poses(model, dataset: ParticleDataset, sigma: torch.Tensor, measure: Measure, log: MetricsLog,
-                 device: torch.device, relax: bool, local_rounds: int, symmetry: str = "C1"):
+                 device: torch.device, relax: bool, local_rounds: int, symmetry: str = "C1",
+                 kept: np.ndarray | None = None):
     """The trained map and poses; in C1 the pseudo-symmetry relaxation when ``relax`` (an exact symmetry is reported
     instead, with a warning suggesting ``--symmetry``); with a point group ``symmetry``, the map and poses brought
     into RELION's frame for it instead; then ``local_rounds`` rounds of local refinement against the half maps (with
     the group imposed), and the map reconstructed from the final poses (with the group). Each step is logged, and
-    measured when it moved the poses. Returns density ``(D, D, D)``, rotations ``(N, 3, 3)``, shifts ``(N, 2)`` Å or
-    None, and the last record that moved the poses (else None)."""
+    measured when it moved the poses. Only the particles ``kept`` ``(N,)`` (default all) enter the maps. Returns
+    density ``(D, D, D)``, rotations ``(N, 3, 3)``, shifts ``(N, 2)`` Å or None, and the last record that moved the
+    poses (else None)."""
+    weights = None if kept is None else kept.astype(np.float32)
     density = model.density().cpu()
     rotations, shifts = model.poses()
     moved = None
     if symmetry == "C1" and relax:
-        rotations, shifts, record = relax_pseudo_symmetry(dataset, density, rotations, shifts, sigma, device=device)
+        rotations, shifts, record = relax_pseudo_symmetry(dataset, density, rotations, shifts, sigma, device=device,
+                                                          keep=kept)
         if record["exact"]:
             found = find_symmetry(density)
             record.update(group=found.group, group_correlation=found.correlations.get(found.group))
@@ -191,23 +205,22 @@ def _final_poses(model, dataset: ParticleDataset, sigma: torch.Tensor, measure: 
                               f"{found.correlations[found.group]:.3f}), a symmetry the data cannot break: reconstruct "
                               f"with --symmetry {found.group}")
         if record["relaxed"]:
-            density, = backproject_dataset(dataset, rotations, shifts, device=device)
+            density, = backproject_dataset(dataset, rotations, shifts, weights=weights, device=device)
             record.update(measure(density, rotations, shifts))
             moved = record
         log.write(kind="symmetry", **record)
-    group = None
-    if symmetry != "C1":  # the trained map's axes onto RELION's frame for the group, the poses with them
+    group = _imposed(symmetry)
+    if group is not None:  # the trained map's axes onto RELION's frame for the group, the poses with them
         fit = fit_symmetry(density, symmetry)
         rotations, shifts = fit.alignment(dataset.pixel_size_A).transform_poses(rotations, shifts)
-        group = point_group(symmetry)
-        density, = backproject_dataset(dataset, rotations, shifts, symmetry=group, device=device)
+        density, = backproject_dataset(dataset, rotations, shifts, weights=weights, symmetry=group, device=device)
         moved = {"group": symmetry, "group_correlation": fit.correlations[symmetry], "imposed": True,
                  **measure(density, rotations, shifts)}
         log.write(kind="symmetry", **moved)
     if local_rounds:
         rotations, shifts, record = local_refine(dataset, rotations, shifts, sigma, LocalRefineConfig(local_rounds),
-                                                 device, symmetry=group)
-        density, = backproject_dataset(dataset, rotations, shifts, symmetry=group, device=device)
+                                                 device, symmetry=group, keep=kept)
+        density, = backproject_dataset(dataset, rotations, shifts, weights=weights, symmetry=group, device=device)
         moved = {**record, **measure(density, rotations, shifts)}
         log.write(kind="local_refinement", **moved)
     return density, rotations, shifts, moved
@@ -221,15 +234,16 @@ def _write_outputs(run: Path, config: dict, table: ParticleTable, dataset: Parti
     gold-standard refinement) with their FSC resolution; returns what was written."""
     write_map(run / MAP, density.numpy(), dataset.pixel_size_A)
     result = replace(table, rotations=rotations, shifts_A=shifts if shifts is not None else np.zeros((len(table), 2)),
-                     extra={**table.extra, "rlnLogLikeliContribution": scores})
+                     extra={**table.extra, "rlnLogLikeliContribution": scores,
+                            "rlnClassNumber": np.where(keep, KEPT, LEFT_OUT)})
     write_star(run / POSES, result, comments=[f"cryopose reconstruct --method {config['method']}: estimated poses; "
-                                              f"rlnLogLikeliContribution: fit score (larger is better)"])
+                                              f"rlnLogLikeliContribution: fit score (larger is better); "
+                                              f"rlnClassNumber: {KEPT} in map.mrc, {LEFT_OUT} left out (junk)"])
     written = {"map": str(run / MAP), "poses": str(run / POSES)}
     if halves:
-        group = point_group(config.get("symmetry", "C1"))
         _, *half_maps = backproject_dataset(dataset, rotations, shifts, halves=True, device=device,
                                             weights=keep.astype(np.float32),
-                                            symmetry=group if len(group) > 1 else None)
+                                            symmetry=_imposed(config.get("symmetry", "C1")))
         for name, volume in zip(HALF_MAPS, half_maps):
             write_map(run / name, volume.numpy(), dataset.pixel_size_A)
         curve = fsc(*half_maps, dataset.pixel_size_A, soft_sphere_mask(dataset.box))

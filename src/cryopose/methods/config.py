@@ -86,6 +86,9 @@ class SemiAmortizedConfig(MethodConfig):
     marginal_shift_span: int = setting(1, "marginal epochs with shifts: each image is also marginalised over a "
                                           "(2·span + 1)² grid of 1 px steps around its shift (0: its shift only)",
                                        OURS)
+    outlier_mads: float = setting(2.0, "leave out of each volume step the images whose explained share of power "
+                                       "lies more than this many robust standard deviations below the median of "
+                                       "the epoch's images (junk; 0: keep every image)", OURS)
 
 
 @dataclass

@@ -81,16 +81,18 @@ def refine_and_score(dataset: ParticleDataset, half: int, other_map: Tensor, she
 
 def round_in_turns(dataset: ParticleDataset, maps: list[Tensor], poses: list[Tensor], shifts: list[Tensor] | None,
                    p: Tensor, sigma: float | Tensor, lr: float, steps: int, resolution_A: float | None, batch: int,
-                   device, symmetry: Tensor | None = None) -> Tensor:
+                   device, symmetry: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
     """One round in turns (module doc) over the ``n`` candidate poses of every particle: each half refined and scored
     against the other's ``maps`` (two ``(D, D, D)``, FSC-weighted here), its weights ``p`` ``(N, n)`` replaced by the
-    posterior over its candidates and its map rebuilt with them (point group ``symmetry`` imposed), all in place.
-    Returns the weights before the round."""
+    posterior over its candidates and its map rebuilt with them (point group ``symmetry`` imposed; only the particles
+    ``keep`` ``(N,)`` bool, default all, enter the maps), all in place. Returns the weights before the round."""
     before = p.clone()
     for half in (0, 1):
         weights = fsc(maps[0], maps[1])[1].clamp(0, 1)  # per shell: the other map's expected signal share
         p[half::2] = torch.softmax(refine_and_score(dataset, half, maps[1 - half], weights, poses, shifts, sigma, lr,
                                                     steps, resolution_A, batch, device), dim=1)
+        if keep is not None:
+            p[half::2] *= keep[half::2, None]
         maps[half] = half_map(dataset, half, poses, shifts, p, batch, device, symmetry)
     return before
 
@@ -110,19 +112,23 @@ class LocalRefineConfig:
 
 def local_refine(dataset: ParticleDataset, rotations: np.ndarray, shifts_A: np.ndarray | None, sigma: float | Tensor,
                  cfg: LocalRefineConfig = LocalRefineConfig(), device: torch.device | str = "cpu",
-                 symmetry: Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+                 symmetry: Tensor | None = None,
+                 keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Rotations ``(N, 3, 3)`` and origins ``(N, 2)`` Å refined locally against the half maps (module doc), and a
-    record: the median turn of the poses in each round (degrees). ``sigma``: noise per Fourier coefficient;
-    ``symmetry``: a point group ``(G, 3, 3)`` imposed on the half maps (the poses in its frame), or None."""
+    record: the median turn of the poses in each round (degrees, over the particles kept). ``sigma``: noise per
+    Fourier coefficient; ``symmetry``: a point group ``(G, 3, 3)`` imposed on the half maps (the poses in its frame),
+    or None; ``keep``: boolean ``(N,)``, the particles that enter the half maps (default all; junk is left out)."""
     poses = [torch.tensor(rotations, dtype=torch.float32)]  # refined in place
     shifts = None if shifts_A is None else [torch.tensor(shifts_A, dtype=torch.float32)]
-    p = torch.ones(len(dataset), 1)
+    kept = torch.ones(len(dataset), dtype=torch.bool) if keep is None else torch.as_tensor(keep)
+    p = kept[:, None].float()
     maps = [half_map(dataset, half, poses, shifts, p, cfg.batch, device, symmetry) for half in (0, 1)]
     turned = []
     for r in progress(range(cfg.rounds), desc="local refinement", unit="round"):
         before = poses[0].clone()
         round_in_turns(dataset, maps, poses, shifts, p, sigma, cfg.lr * 0.5**r, cfg.steps, cfg.resolution_A,
-                       cfg.batch, device, symmetry)
-        turned.append(round(float(roma.rotmat_geodesic_distance(before, poses[0]).median().rad2deg()), 3))
+                       cfg.batch, device, symmetry, kept.float())
+        turn = roma.rotmat_geodesic_distance(before[kept], poses[0][kept])
+        turned.append(round(float(turn.median().rad2deg()), 3))
     return (poses[0].double().numpy(), None if shifts is None else shifts[0].double().numpy(),
             {"rounds": cfg.rounds, "median_turn_deg": turned})

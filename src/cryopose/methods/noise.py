@@ -68,14 +68,15 @@ def initial_model(kind: str, images: Tensor) -> Tensor:
 @torch.no_grad()
 def residual_model(dataset: ParticleDataset, density: Tensor, rotations: np.ndarray, shifts_A: np.ndarray | None,
                    model: Tensor, sample: int = 1024, batch: int = 256, seed: int = 0,
-                   device: torch.device | str = "cpu") -> Tensor:
-    """σ per shell ``(D, D)`` from the residuals ``Y − a·CTF·P(map)`` of up to ``sample`` particles under the map
-    ``density`` ``(D, D, D)`` at their rotations ``(N, 3, 3)`` and origins ``(N, 2)`` Å, with each image's amplitude
-    ``a`` fitted by least squares in the whitened units of ``model`` ``(D, D)``. Shells the map does not reach (all
-    zero) keep ``model``'s σ."""
+                   device: torch.device | str = "cpu", keep: np.ndarray | None = None) -> Tensor:
+    """σ per shell ``(D, D)`` from the residuals ``Y − a·CTF·P(map)`` of up to ``sample`` particles (among ``keep``
+    ``(N,)`` bool, default all) under the map ``density`` ``(D, D, D)`` at their rotations ``(N, 3, 3)`` and origins
+    ``(N, 2)`` Å, with each image's amplitude ``a`` fitted by least squares in the whitened units of ``model``
+    ``(D, D)``. Shells the map does not reach (all zero) keep ``model``'s σ."""
     box = dataset.box
     volume = hartley3_centered(density.double()).float().to(device)
-    pick = np.sort(np.random.default_rng(seed).choice(len(dataset), min(sample, len(dataset)), replace=False))
+    among = np.arange(len(dataset)) if keep is None else np.flatnonzero(keep)
+    pick = np.sort(np.random.default_rng(seed).choice(among, min(sample, len(among)), replace=False))
     w2 = model.flatten().to(device).square().reciprocal()  # whitening weights of the amplitude fit
     total, count = torch.zeros(box // 2 + 1, dtype=torch.float64, device=device), 0
     reached = torch.zeros(box // 2 + 1, dtype=torch.bool, device=device)

@@ -91,12 +91,14 @@ def operator_order(angle_deg: float, largest: int = 6) -> int:
 
 def relax_pseudo_symmetry(dataset: ParticleDataset, volume: Tensor, rotations: np.ndarray,
                           shifts_A: np.ndarray | None, sigma: float | Tensor, cfg: RelaxConfig = RelaxConfig(),
-                          device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None, dict]:
+                          device: torch.device | str = "cpu",
+                          keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Poses ``(N, 3, 3)`` and origins ``(N, 2)`` (Å) with each particle at the power of the near-symmetry ``S`` of
     ``volume`` ``(D, D, D)`` that the ``n``-class EM prefers, and a record of what was done.
 
     ``sigma``: noise standard deviation per Fourier coefficient of the images (one number, or a noise model
-    ``(D, D)`` of :mod:`cryopose.methods.noise`).
+    ``(D, D)`` of :mod:`cryopose.methods.noise`); ``keep``: boolean ``(N,)``, the particles that enter the half maps
+    and the record's figures (default all; junk is left out).
     The poses come back unchanged when the map is not pseudo-symmetric (``min_correlation``) or is exactly
     symmetric (``exact_correlation``; the record's ``exact`` is then true).
     """
@@ -113,25 +115,26 @@ def relax_pseudo_symmetry(dataset: ParticleDataset, volume: Tensor, rotations: n
         candidates.append(sym.transform_poses(*candidates[-1]))
     poses = [torch.tensor(r, dtype=torch.float32) for r, _ in candidates]  # refined in place
     shifts = None if shifts_A is None else [torch.tensor(s, dtype=torch.float32) for _, s in candidates]
+    kept = torch.ones(len(dataset), dtype=torch.bool) if keep is None else torch.as_tensor(keep)
     p = torch.zeros(len(dataset), n)
-    p[:, 0] = 1  # start from the run's own poses (a blend is as good as a random split)
+    p[:, 0] = kept.float()  # start from the run's own poses (a blend is as good as a random split)
     maps = [half_map(dataset, half, poses, shifts, p, cfg.batch, device) for half in (0, 1)]
     bar = progress(range(cfg.rounds), desc="pseudo-symmetry", unit="round")
     for rounds in bar:
         lr = cfg.refine_lr * 0.5 ** (rounds / 10)  # halved every 10 rounds, so that the poses settle
         before = round_in_turns(dataset, maps, poses, shifts, p, sigma, lr, cfg.refine_steps, cfg.resolution_A,
-                                cfg.batch, device)
-        changed = float((p.argmax(1) != before.argmax(1)).double().mean())
-        confidence = float(((n * p.amax(1) - 1) / (n - 1)).mean())
+                                cfg.batch, device, keep=kept.float())
+        changed = float((p.argmax(1) != before.argmax(1))[kept].double().mean())
+        confidence = float(((n * p[kept].amax(1) - 1) / (n - 1)).mean())
         bar.set_postfix(changed=f"{changed:.3f}", confidence=f"{confidence:.2f}")
         if changed < cfg.tolerance:
             break
     chosen = p.argmax(1)
     # the same assignment seen from the sense most particles chose: move the fewest particles
-    chosen = (chosen - torch.bincount(chosen, minlength=n).argmax()) % n
+    chosen = (chosen - torch.bincount(chosen[kept], minlength=n).argmax()) % n
     rows = torch.arange(len(dataset))
     rot = torch.stack(poses, 1)[rows, chosen].double().numpy()
     shift = None if shifts is None else torch.stack(shifts, 1)[rows, chosen].double().numpy()
-    record.update(order=n, rounds=rounds + 1, last_changed=changed, moved_to_mate=float((chosen != 0).double().mean()),
-                  confidence=confidence)
+    record.update(order=n, rounds=rounds + 1, last_changed=changed,
+                  moved_to_mate=float((chosen != 0)[kept].double().mean()), confidence=confidence)
     return rot, shift, record

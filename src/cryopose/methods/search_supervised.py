@@ -206,6 +206,10 @@ class SearchSupervised(EncoderDecoder):
         return self.rotations.cpu().double().numpy(), (self.shifts.cpu().double().numpy() if self.cfg.shifts
                                                        else None)
 
+    def kept(self) -> np.ndarray:
+        """Boolean ``(N,)``: every particle (this method leaves no image out as junk)."""
+        return np.ones(len(self.rotations), dtype=bool)
+
     def particle_state(self) -> list[Tensor]:
         """Every ``(N, ...)`` tensor a step updates by particle (merged across ranks in distributed runs)."""
         return [self.rotations, self.shifts]

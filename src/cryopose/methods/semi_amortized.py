@@ -15,6 +15,10 @@ first), so that a shift can move by a pixel an epoch; a particle's pose is its m
 Hard assignment from a map that knows nothing cannot start where a low-resolution map holds little pose information
 (small, globular particles at SNR 0.1; ``docs/methods.md``).
 
+In every stage the images that the current map explains far worse than the rest of the epoch's (junk: empty picks,
+ice, carbon) are left out of the volume's step (``outlier_mads``, :mod:`cryopose.methods.outliers`; ours), and the
+steps after training leave out the particles left out in the last epoch.
+
 The loss band is held at ``resolution_start_A`` (default 20 Å) through stage 1 and widens to Nyquist over the
 ``band_ramp_epochs`` epochs after the switch (after the marginal epochs). Not in the paper, whose reference code fits
 unwhitened spectra (low frequencies dominate its loss); on whitened spectra every coefficient counts alike, and an
@@ -41,6 +45,7 @@ from ..models.poses import PoseTable, RowAdam
 from .autoencoder import EncoderDecoder
 from .beam_search import BeamSearchConfig, beam_search, shift_grid
 from .config import SemiAmortizedConfig
+from .outliers import OutlierFilter, weighted_mean
 
 
 class SemiAmortized(EncoderDecoder):
@@ -65,6 +70,7 @@ class SemiAmortized(EncoderDecoder):
             if cfg.marginal_epochs else None  # (C, 3, 3) rotations marginalised over
         self.table: PoseTable | None = None
         self.opt_pose: RowAdam | None = None
+        self.outliers = OutlierFilter(n_particles, cfg.outlier_mads, device)
 
     # -------------------------------------------------------------------------------------------- loop hooks
     def stage(self, epoch: int) -> str:
@@ -99,13 +105,14 @@ class SemiAmortized(EncoderDecoder):
         rotations, shifts = self.encode(batch["images"])
         losses = self.pose_loss(rotations, shifts, batch, target, self.field())  # (B, H)
         best, winner = losses.min(dim=1)
-        loss = best.mean()
+        index = batch["index"].to(self.device)
+        loss = weighted_mean(best, self.outliers.weights(index, best, target))
         self.opt_encoder.zero_grad(set_to_none=True)
         self.opt_volume.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_encoder.step()
         self.opt_volume.step()
-        index, rows = batch["index"].to(self.device), torch.arange(len(winner), device=self.device)
+        rows = torch.arange(len(winner), device=self.device)
         with torch.no_grad():
             self.best_rotations[index] = rotations[rows, winner].detach()
             if shifts is not None:
@@ -158,7 +165,8 @@ class SemiAmortized(EncoderDecoder):
             rotations = self.grid[top.indices // n_shifts]  # (B, K, 3, 3)
             shifts = None if candidates is None else candidates.gather(
                 1, (top.indices % n_shifts)[..., None].expand(-1, -1, 2))  # (B, K, 2)
-        loss = (self.pose_loss(rotations, shifts, batch, target, self.field()) * weights).sum(1).mean()
+        keep = self.outliers.weights(index, costs.min(1).values, target)  # scored at the most probable pose
+        loss = weighted_mean((self.pose_loss(rotations, shifts, batch, target, self.field()) * weights).sum(1), keep)
         self.opt_volume.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_volume.step()
@@ -191,24 +199,30 @@ class SemiAmortized(EncoderDecoder):
         with torch.no_grad():
             rotations = self.table.compose(self.table.rotvec[index], index)[:, None]
             shifts = self.table.shift[index][:, None] if self.cfg.shifts else None
-        loss = self.pose_loss(rotations, shifts, batch, target, self.field()).mean()
+        losses = self.pose_loss(rotations, shifts, batch, target, self.field())[:, 0]
+        loss = weighted_mean(losses, self.outliers.weights(index, losses, target))
         self.opt_volume.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_volume.step()
         return {"loss": loss.item()}
 
     def end_epoch(self, epoch: int) -> dict[str, float]:
+        left_out = self.outliers.end_epoch()
         if self.stage(epoch) == "marginal":  # how soft the assignment was: 1 is hard
             share = float(self.top_weight[0] / self.top_weight[1].clamp(min=1))
             self.top_weight.zero_()
-            return {"top_posterior": round(share, 4)}
+            return {"top_posterior": round(share, 4), **left_out}
         if self.stage(epoch) != "amortized":  # the share of the particles searched whose pose the search replaced
             searched, replaced = self.search_counts.tolist()
             self.search_counts.zero_()
-            return {"search_replaced": round(replaced / searched, 4)} if searched else {}
+            return {"search_replaced": round(replaced / searched, 4), **left_out} if searched else left_out
         share = (self.wins.float() / self.wins.sum().clamp(min=1)).tolist()
         self.wins.zero_()  # here, not in begin_epoch: a run resumed mid-epoch keeps the wins counted before
-        return {"head_share": [round(s, 4) for s in share]}
+        return {"head_share": [round(s, 4) for s in share], **left_out}
+
+    def kept(self) -> np.ndarray:
+        """Boolean ``(N,)``: the particles kept by the outlier filter in the last epoch (the others are junk)."""
+        return self.outliers.kept()
 
     # ---------------------------------------------------------------------------------------------- results
     @torch.no_grad()
@@ -222,19 +236,19 @@ class SemiAmortized(EncoderDecoder):
 
     def particle_state(self) -> list[Tensor]:
         """Every ``(N, ...)`` tensor a step updates by particle (merged across ranks in distributed runs)."""
-        rows = [self.best_rotations, self.best_shifts, self.searched_at]
+        rows = [self.best_rotations, self.best_shifts, self.searched_at, self.outliers.scores]
         if self.table is not None:
             rows += [self.table.base, self.table.rotvec, self.table.shift, *self.opt_pose.exp_avg,
                      *self.opt_pose.exp_avg_sq, self.opt_pose.steps]
         return rows
 
     def counters(self) -> list[Tensor]:
-        return [self.wins, self.top_weight, self.search_counts]
+        return [self.wins, self.top_weight, self.search_counts, self.outliers.counts]
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "best_rotations": self.best_rotations, "best_shifts": self.best_shifts,
                 "wins": self.wins, "top_weight": self.top_weight, "search_counts": self.search_counts,
-                "searched_at": self.searched_at,
+                "searched_at": self.searched_at, "outliers": self.outliers.state_dict(),
                 "table": None if self.table is None else self.table.state_dict(),
                 "opt_pose": None if self.opt_pose is None else self.opt_pose.state_dict()}
 
@@ -250,6 +264,8 @@ class SemiAmortized(EncoderDecoder):
         self.wins.copy_(state["wins"])
         self.top_weight.copy_(state.get("top_weight", torch.zeros(2)))  # checkpoints from before marginal epochs
         self.search_counts.copy_(state.get("search_counts", torch.zeros(2)))  # and before this count
+        if "outliers" in state:  # and before the outlier filter
+            self.outliers.load_state_dict(state["outliers"])
         if state["table"] is not None:
             self.switch()
             self.table.load_state_dict(state["table"])

@@ -34,7 +34,7 @@ from .run_dir import MetricsLog, load_checkpoint, save_checkpoint
 class Method(Protocol):
     """What a reconstruction method provides to the loop. ``distribute(wrap)``: train through ``wrap(module)``
     (gradients averaged over the ranks); ``pretrain_plan()``: (steps, batch) of pre-training still to do,
-    ``(0, 0)`` for none."""
+    ``(0, 0)`` for none; ``kept()``: boolean ``(N,)``, the particles not left out of training as junk."""
 
     def stage(self, epoch: int) -> str: ...
 
@@ -47,6 +47,8 @@ class Method(Protocol):
     def density(self) -> Tensor: ...
 
     def poses(self) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+    def kept(self) -> np.ndarray: ...
 
     def state_dict(self) -> dict: ...
 
