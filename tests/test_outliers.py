@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryopose.evaluate.junk import simulated_junk
 from cryopose.io import read_particles
 from cryopose.jobs.evaluate import evaluate_run
 from cryopose.jobs.reconstruct import ReconstructOptions, reconstruct
@@ -79,6 +80,7 @@ def test_training_leaves_the_junk_out_and_the_run_reports_it(tmp_path):
     assert result["poses"]["n"] == 600 - junk.sum()  # the junk has no true pose
     assert result["junk"]["junk_left_out_share"] == pytest.approx(left_out[junk].mean())
     assert result["junk"]["particles_left_out_share"] == pytest.approx(left_out[~junk].mean())
+    assert simulated_junk(sim / "simulation.json", 599) is None  # true poses of another stack: no junk to drop
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records if r["kind"] == "junk"] == ["junk"]
     assert all("left_out" in r for r in records if r["kind"] == "epoch")

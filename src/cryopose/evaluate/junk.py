@@ -15,11 +15,13 @@ from .compare import match_particles
 
 def simulated_junk(simulation: Path, n: int) -> np.ndarray | None:
     """Boolean ``(n,)``: the images of a simulated data set of ``n`` images that hold no particle, from its
-    ``simulation.json`` (None when there is none, or it lists no junk)."""
+    ``simulation.json`` (None when there is none, it lists no junk, or it simulated another number of images:
+    the true poses given are then not its stack's)."""
     if not simulation.exists():
         return None
-    listed = json.loads(simulation.read_text()).get("junk_indices") or []
-    if not listed:
+    summary = json.loads(simulation.read_text())
+    listed = summary.get("junk_indices") or []
+    if not listed or summary["config"]["n"] != n:
         return None
     junk = np.zeros(n, dtype=bool)
     junk[listed] = True
